@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian 12 machine as root.
+# Installs the real tools the tests use as oracles, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  squashfs-tools    # mksquashfs / unsquashfs
+  erofs-utils       # mkfs.erofs / fsck.erofs
+  cryptsetup-bin    # veritysetup
+  fdisk             # sfdisk
+  systemd-container # systemd-dissect
+  openssl gpg       # signature oracles
+  ignition          # ignition-validate
+  libssl-dev pkg-config
+  util-linux        # unshare, losetup
+  python3
+)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+else
+  echo "warning: not root or no apt-get; assuming these are installed: ${packages[*]}" >&2
+fi
+
+cargo test --workspace --locked "$@"
