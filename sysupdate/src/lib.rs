@@ -1,10 +1,24 @@
 //! The vocabulary shared by the feed publisher and the node: validated
-//! architecture names and SHA-256 digests, and (as the feed grows) UAPI
-//! version ordering, match patterns, transfer files and `SHA256SUMS`
-//! manifests. No I/O policy lives here.
+//! architecture names and SHA-256 digests, UAPI version ordering
+//! ([`version`]), `%` specifiers ([`specifier`]), match patterns
+//! ([`pattern`]), transfer files ([`transfer`]), `SHA256SUMS` manifests with
+//! their validity window ([`manifest`], [`date`]) and choosing the version
+//! to install ([`candidates`]). No I/O policy lives here.
 
 pub mod arch;
+pub mod candidates;
+pub mod date;
 pub mod digest;
+pub mod manifest;
+pub mod pattern;
+pub mod specifier;
+pub mod transfer;
+pub mod version;
 
 pub use arch::Arch;
+pub use date::Date;
 pub use digest::Sha256Digest;
+pub use manifest::{Manifest, ManifestName};
+pub use pattern::{Captures, MatchPattern, PatternTemplate};
+pub use transfer::Transfer;
+pub use version::Version;

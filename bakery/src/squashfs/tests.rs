@@ -1,0 +1,2 @@
+//! Unit tests of the squashfs writer (format details checked by hand; the
+//! real-tool oracles live in tests/tests/squashfs.rs).

@@ -1,0 +1,194 @@
+//! Paths inside an operating-system tree (`--root`): resolving them with
+//! symlinks confined to the tree (`openat2(RESOLVE_IN_ROOT)`, like systemd's
+//! `chase_symlinks(..., CHASE_PREFIX_ROOT)`), and small file helpers.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// An opened directory tree that relative paths are resolved in.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// The canonical path that an fd refers to, from `/proc/self/fd`.
+pub fn fd_path(fd: impl AsFd) -> io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
+}
+
+impl Root {
+    /// Opens `path` (made absolute and canonical) as the tree root.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let path = fd_path(&fd)?;
+        Ok(Root { fd, path })
+    }
+
+    /// The canonical absolute path of the root (`/` for the host).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.path == Path::new("/")
+    }
+
+    /// `rel` ("/usr", "etc/extensions/x.raw") as a path below the root,
+    /// without resolving anything (for messages and for creating).
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        let rel = rel.as_ref();
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        if rel.as_os_str().is_empty() {
+            self.path.clone()
+        } else {
+            self.path.join(rel)
+        }
+    }
+
+    /// Opens `rel` with `O_PATH`, following symlinks but never leaving the
+    /// root (absolute link targets and `..` are taken relative to it).
+    pub fn open_in(&self, rel: impl AsRef<Path>, follow_last: bool) -> io::Result<OwnedFd> {
+        let rel = rel.as_ref();
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+        if !follow_last {
+            flags |= OFlags::NOFOLLOW;
+        }
+        Ok(rustix::fs::openat2(
+            &self.fd,
+            rel,
+            flags,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?)
+    }
+
+    /// Resolves `rel` inside the root to a canonical absolute path
+    /// (`ENOENT` when it does not exist).
+    pub fn resolve(&self, rel: impl AsRef<Path>) -> io::Result<PathBuf> {
+        fd_path(self.open_in(rel, true)?)
+    }
+
+    /// Like [`Root::resolve`], but a missing last component is allowed
+    /// (systemd's `CHASE_NONEXISTENT`, for mount points to be created): the
+    /// parent is resolved and the name appended.
+    pub fn resolve_nonexistent(&self, rel: impl AsRef<Path>) -> io::Result<PathBuf> {
+        let rel = rel.as_ref();
+        match self.resolve(rel) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let parent = rel.parent().unwrap_or(Path::new(""));
+                let Some(name) = rel.file_name() else {
+                    return Err(e);
+                };
+                Ok(self.resolve_nonexistent(parent)?.join(name))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Resolves `rel` inside `tree` (which need not be a [`Root`] yet).
+pub fn resolve_in(tree: &Path, rel: impl AsRef<Path>) -> io::Result<PathBuf> {
+    Root::open(tree)?.resolve(rel)
+}
+
+/// True when `path` is a directory with no entries at all (hidden ones
+/// count, like systemd's `dir_is_empty(.., ignore_hidden_or_backup=false)`).
+pub fn dir_is_empty(path: &Path) -> io::Result<bool> {
+    Ok(std::fs::read_dir(path)?.next().is_none())
+}
+
+/// Creates a directory and its parents with `mode` for the new ones.
+pub fn mkdir_p(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+}
+
+/// Refuses paths with `..` (used for names that come from outside).
+pub fn is_plain_relative(p: &Path) -> bool {
+    p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Writes `data` to `path` atomically: temporary file in the same
+/// directory, fsync, rename. Nothing half-written appears under `path`.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".#{}.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    let res = f.write_all(data).and_then(|_| f.sync_all());
+    drop(f);
+    if let Err(e) = res.and_then(|_| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_stay_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("etc/extensions")).unwrap();
+        std::fs::create_dir_all(r.join("opt/ext")).unwrap();
+        std::fs::write(r.join("opt/ext/a.raw"), b"x").unwrap();
+        std::os::unix::fs::symlink("/opt/ext/a.raw", r.join("etc/extensions/a.raw")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/passwd", r.join("etc/extensions/b.raw"))
+            .unwrap();
+        let root = Root::open(r).unwrap();
+        let canon = std::fs::canonicalize(r).unwrap();
+        assert_eq!(
+            root.resolve("/etc/extensions/a.raw").unwrap(),
+            canon.join("opt/ext/a.raw")
+        );
+        // `..` is clamped at the root: this is ROOT/etc/passwd, which is absent.
+        let e = root.resolve("etc/extensions/b.raw").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            root.resolve_nonexistent("/usr").unwrap(),
+            canon.join("usr")
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        write_atomic(&p, b"one", 0o644).unwrap();
+        write_atomic(&p, b"two", 0o644).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,1 @@
+//! GitHub Releases publishing (in progress).
