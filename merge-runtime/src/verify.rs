@@ -176,8 +176,19 @@ pub enum VerityMode {
     /// Every data block was hashed in user space and matched the root hash
     /// before mounting, read through the read-only loop device.
     UserSpace,
-    /// Mounted through a kernel dm-verity device.
+    /// Mounted through a kernel dm-verity device; the root hash carries no
+    /// signature.
+    #[serde(rename = "kernel-verity")]
     Kernel,
+    /// Kernel dm-verity, and the kernel checked the root-hash signature
+    /// against its trusted keyrings (`root_hash_sig_key_desc`).
+    #[serde(rename = "kernel-verity+kernel-signature")]
+    KernelSignature,
+    /// Kernel dm-verity; the root-hash signature was checked in user space
+    /// against `verity.d` because the kernel's keyring does not trust the
+    /// signer.
+    #[serde(rename = "kernel-verity+userspace-signature")]
+    KernelUserSpaceSignature,
 }
 
 impl VerityMode {
@@ -185,7 +196,9 @@ impl VerityMode {
         match self {
             VerityMode::None => "none",
             VerityMode::UserSpace => "user-space",
-            VerityMode::Kernel => "kernel",
+            VerityMode::Kernel => "kernel-verity",
+            VerityMode::KernelSignature => "kernel-verity+kernel-signature",
+            VerityMode::KernelUserSpaceSignature => "kernel-verity+userspace-signature",
         }
     }
 }
@@ -479,23 +492,9 @@ pub fn kernel_dm_verity_present() -> bool {
 }
 
 /// Kernel dm-verity (a `verity` device-mapper target over the data and
-/// hash loop devices, with the signature handed to the kernel keyring when
-/// configured). Selected only when [`kernel_dm_verity_present`]; the
-/// device-mapper ioctls are not implemented yet (see `activate`).
-#[derive(Debug, Default)]
-pub struct KernelDmVerity;
-
-impl VerityBackend for KernelDmVerity {
-    fn mode(&self) -> VerityMode {
-        VerityMode::Kernel
-    }
-
-    fn activate(&self, _data: &LoopDevice, _material: &VerityMaterial) -> Result<Activated, VerifyError> {
-        Err(VerifyError::Kernel(
-            "activating dm-verity devices is not implemented yet; use verity backend `user-space`".into(),
-        ))
-    }
-}
+/// hash loop devices, with the signature handed to the kernel keyring);
+/// see [`crate::dmverity`].
+pub use crate::dmverity::KernelDmVerity;
 
 /// Which verity backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -507,11 +506,13 @@ pub enum BackendChoice {
     UserSpace,
 }
 
-/// Picks the backend. `Auto` uses user space until the kernel backend can
-/// activate devices.
+/// Picks the backend. `Auto` uses kernel dm-verity when the kernel has
+/// device-mapper with the verity target ([`crate::dmverity::available`]),
+/// else user space.
 pub fn select_backend(choice: BackendChoice) -> Box<dyn VerityBackend> {
     match choice {
-        BackendChoice::Kernel => Box::new(KernelDmVerity),
+        BackendChoice::Kernel => Box::new(KernelDmVerity::default()),
+        BackendChoice::Auto if crate::dmverity::available().is_ok() => Box::new(KernelDmVerity::default()),
         BackendChoice::Auto | BackendChoice::UserSpace => Box::new(UserSpaceVerity),
     }
 }

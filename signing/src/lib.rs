@@ -23,6 +23,7 @@ mod atomic;
 pub mod ddi;
 mod gpt;
 pub mod keys;
+pub mod openpgp;
 pub mod pkcs7;
 pub mod sidecar;
 pub mod verity;

@@ -1,0 +1,32 @@
+//! The node runtime behind the `sysext` binary: finds systemd-sysext
+//! images, checks them against the host and the verification policy,
+//! mounts them read-only and merges them over `/usr` and `/opt` exactly
+//! like `systemd-sysext` (same directories, rules and `.systemd-sysext`
+//! marker, so either tool can read and undo what the other did), with a
+//! refresh that never leaves `/usr` without its extensions.
+//!
+//! Modules, from the outside in:
+//! - [`runtime`]: the commands (merge, refresh, unmerge, status, list, verify);
+//! - [`discover`]: search directories, precedence, masking, formats, sidecars;
+//! - [`release`] and [`osrelease`]: extension-release lookup and validation;
+//! - [`verify`]: policy, signatures, verity backends;
+//! - [`dmverity`]: kernel dm-verity devices and the kernel keyring;
+//! - [`ddi`]: reading GPT disk images (through `signing::ddi`);
+//! - [`loopdev`], [`ns`], [`mounts`], [`root`]: the kernel plumbing.
+
+pub mod ddi;
+pub mod dmverity;
+pub mod discover;
+pub mod loopdev;
+pub mod mounts;
+pub mod name;
+pub mod ns;
+pub mod osrelease;
+pub mod release;
+pub mod root;
+pub mod runtime;
+pub mod verify;
+
+pub use name::ExtensionName;
+pub use runtime::{list, merge, refresh, status, unmerge, verify_image, Options};
+pub use verify::{Policy, VerityMode};
