@@ -157,7 +157,8 @@ pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport,
                 err,
             }
         })?;
-        let (size, sha256) = finish_file(tmp.as_file_mut(), tmp.path())?;
+        let tmp_path = tmp.path().to_path_buf();
+        let (size, sha256) = finish_file(tmp.as_file_mut(), &tmp_path)?;
         pending.push((tmp, BuiltImage {
             arch: *arch,
             path: final_path,

@@ -50,7 +50,10 @@ impl ElfHeader {
             return Ok(None);
         }
         if bytes.len() < 20 {
-            return Err(MalformedElf(format!("only {} bytes, the header needs at least 20", bytes.len())));
+            return Err(MalformedElf(format!(
+                "only {} bytes, the header needs at least 20",
+                bytes.len()
+            )));
         }
         let class = match bytes[4] {
             1 => ElfClass::Elf32,
@@ -253,7 +256,12 @@ pub fn lint_tree(tree: &StagedTree, target: Arch) -> Result<Vec<ArchFinding>, Li
     Ok(findings)
 }
 
-fn lint_dir_node(dir: &DirNode, at: &Path, target: Arch, out: &mut Vec<ArchFinding>) -> Result<(), LintIoError> {
+fn lint_dir_node(
+    dir: &DirNode,
+    at: &Path,
+    target: Arch,
+    out: &mut Vec<ArchFinding>,
+) -> Result<(), LintIoError> {
     for (name, node) in &dir.entries {
         let path = at.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
         match node {
@@ -281,7 +289,11 @@ mod tests {
         h[4] = class;
         h[5] = data;
         h[6] = 1;
-        let m = if data == 2 { machine.to_be_bytes() } else { machine.to_le_bytes() };
+        let m = if data == 2 {
+            machine.to_be_bytes()
+        } else {
+            machine.to_le_bytes()
+        };
         h[16] = 2;
         h[18..20].copy_from_slice(&m);
         h
@@ -312,7 +324,12 @@ mod tests {
 
     #[test]
     fn finding_message_names_path_and_both_architectures() {
-        let f = check_bytes(Path::new("/usr/bin/kubelet"), &header(2, 1, 183), Arch::X86_64).unwrap();
+        let f = check_bytes(
+            Path::new("/usr/bin/kubelet"),
+            &header(2, 1, 183),
+            Arch::X86_64,
+        )
+        .unwrap();
         let msg = f.to_string();
         assert!(msg.contains("/usr/bin/kubelet"), "{msg}");
         assert!(msg.contains("AArch64") && msg.contains("183"), "{msg}");

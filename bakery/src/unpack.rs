@@ -134,7 +134,11 @@ impl RelPath {
     }
 
     fn display(&self) -> String {
-        let parts: Vec<String> = self.0.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
         parts.join("/")
     }
 }
@@ -218,7 +222,12 @@ impl Selection {
     }
 
     /// Places `from` at `to` with this permission mode for files.
-    pub fn place_with_mode(self, from: &str, to: &str, mode: u32) -> Result<Selection, SelectionError> {
+    pub fn place_with_mode(
+        self,
+        from: &str,
+        to: &str,
+        mode: u32,
+    ) -> Result<Selection, SelectionError> {
         if mode & !0o777 != 0 {
             return Err(SelectionError {
                 what: "mode for",
@@ -229,7 +238,12 @@ impl Selection {
         self.place_rule(from, to, Some(mode))
     }
 
-    fn place_rule(mut self, from: &str, to: &str, mode: Option<u32>) -> Result<Selection, SelectionError> {
+    fn place_rule(
+        mut self,
+        from: &str,
+        to: &str,
+        mode: Option<u32>,
+    ) -> Result<Selection, SelectionError> {
         let bad = |what, path: &str, p| SelectionError {
             what,
             path: path.to_string(),
@@ -371,7 +385,9 @@ pub enum UnpackErrorKind {
     SymlinkEscapes { target: String },
     #[error("symlink with an empty target")]
     EmptySymlink,
-    #[error("hard link to {target:?}, which is not a regular file unpacked from this archive; refusing")]
+    #[error(
+        "hard link to {target:?}, which is not a regular file unpacked from this archive; refusing"
+    )]
     HardLinkOutside { target: String },
     #[error("is a {0}; device nodes, FIFOs and sockets are never unpacked")]
     SpecialFile(&'static str),
@@ -392,7 +408,10 @@ pub enum UnpackErrorKind {
     #[error("more than {limit} entries; refusing")]
     TooManyEntries { limit: u64 },
     #[error("is not {expected} data ({found}); check the recipe's unpack format")]
-    WrongFormat { expected: &'static str, found: String },
+    WrongFormat {
+        expected: &'static str,
+        found: String,
+    },
     #[error("corrupt archive: {0}")]
     Corrupt(String),
     #[error("placement rule from {from:?} matched no entry; the archive layout may have changed (check the paths and strip_components)")]
@@ -418,7 +437,12 @@ impl From<PathProblem> for UnpackErrorKind {
 }
 
 /// Unpacks `input` (a file on disk, e.g. a cache entry) into `dest`.
-pub fn unpack(input: &Path, format: ArchiveFormat, dest: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+pub fn unpack(
+    input: &Path,
+    format: ArchiveFormat,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, UnpackError> {
     let mut u = Unpacker {
         opts,
         dest,
@@ -520,7 +544,10 @@ impl Unpacker<'_> {
             Ok(m) if m.is_dir() => Ok(()),
             Ok(_) => Err(self.io_err(
                 self.dest,
-                io::Error::new(io::ErrorKind::NotADirectory, "the staging root is not a directory"),
+                io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "the staging root is not a directory",
+                ),
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(self.dest).map_err(|e| self.io_err(self.dest, e))
@@ -564,14 +591,27 @@ impl Unpacker<'_> {
     }
 
     fn file_mode(mode_in_archive: u32, rule_mode: Option<u32>) -> u32 {
-        rule_mode.unwrap_or(if mode_in_archive & 0o111 != 0 { 0o755 } else { 0o644 })
+        rule_mode.unwrap_or(if mode_in_archive & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        })
     }
 
     /// Writes a regular file from `content`, enforcing the size limits.
-    fn write_file(&mut self, rel: &RelPath, content: &mut dyn Read, size_hint: u64, mode: u32) -> Result<(), UnpackError> {
+    fn write_file(
+        &mut self,
+        rel: &RelPath,
+        content: &mut dyn Read,
+        size_hint: u64,
+        mode: u32,
+    ) -> Result<(), UnpackError> {
         let limit = self.opts.limits.max_file_size;
         if size_hint > limit {
-            return Err(self.err(UnpackErrorKind::FileTooLarge { size: size_hint, limit }));
+            return Err(self.err(UnpackErrorKind::FileTooLarge {
+                size: size_hint,
+                limit,
+            }));
         }
         self.ensure_parents(rel)?;
         let path = self.dest.join(rel.to_path_buf());
@@ -585,7 +625,9 @@ impl Unpacker<'_> {
         {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(self.err(UnpackErrorKind::Exists { path: rel.display() }))
+                return Err(self.err(UnpackErrorKind::Exists {
+                    path: rel.display(),
+                }))
             }
             Err(e) => return Err(self.io_err(&path, e)),
         };
@@ -596,18 +638,25 @@ impl Unpacker<'_> {
                     limit: self.opts.limits.max_decompressed,
                 })
             } else {
-                self.err(UnpackErrorKind::Corrupt(format!("while reading the file: {e}")))
+                self.err(UnpackErrorKind::Corrupt(format!(
+                    "while reading the file: {e}"
+                )))
             }
         })?;
         if written > limit {
-            return Err(self.err(UnpackErrorKind::FileTooLarge { size: written, limit }));
+            return Err(self.err(UnpackErrorKind::FileTooLarge {
+                size: written,
+                limit,
+            }));
         }
         out.flush().map_err(|e| self.io_err(&path, e))?;
         drop(out);
         set_mode(&path, mode).map_err(|e| self.io_err(&path, e))?;
         self.add_bytes(written)?;
         self.placed_files.insert(rel.clone());
-        self.report.placed.push((rel.to_path_buf(), PlacedKind::File));
+        self.report
+            .placed
+            .push((rel.to_path_buf(), PlacedKind::File));
         Ok(())
     }
 
@@ -637,12 +686,17 @@ impl Unpacker<'_> {
     fn tar(&mut self, input: &Path, format: ArchiveFormat) -> Result<(), UnpackError> {
         let mut file = File::open(input).map_err(|e| self.io_err(input, e))?;
         let mut head = Vec::with_capacity(512);
-        (&mut file).take(512).read_to_end(&mut head).map_err(|e| self.io_err(input, e))?;
+        (&mut file)
+            .take(512)
+            .read_to_end(&mut head)
+            .map_err(|e| self.io_err(input, e))?;
         let ok = match format {
             ArchiveFormat::TarGz => head.starts_with(&[0x1f, 0x8b]),
             ArchiveFormat::TarXz => head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
             ArchiveFormat::TarZst => head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
-            ArchiveFormat::Tar => head.len() >= 262 && &head[257..262] == b"ustar" || head.iter().all(|&b| b == 0),
+            ArchiveFormat::Tar => {
+                head.len() >= 262 && &head[257..262] == b"ustar" || head.iter().all(|&b| b == 0)
+            }
             ArchiveFormat::Raw => true,
         };
         if !ok {
@@ -704,7 +758,11 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn tar_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw_path: &[u8]) -> Result<(), UnpackError> {
+    fn tar_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw_path: &[u8],
+    ) -> Result<(), UnpackError> {
         use tar::EntryType as T;
         let ty = entry.header().entry_type();
         match ty {
@@ -734,7 +792,11 @@ impl Unpacker<'_> {
                 let target = entry
                     .link_name_bytes()
                     .map(|c| c.into_owned())
-                    .ok_or_else(|| self.err(UnpackErrorKind::Corrupt("hard link without a target".into())))?;
+                    .ok_or_else(|| {
+                        self.err(UnpackErrorKind::Corrupt(
+                            "hard link without a target".into(),
+                        ))
+                    })?;
                 self.make_hardlink(&dest, &target)
             }
             _ => {
@@ -779,13 +841,19 @@ impl Unpacker<'_> {
         let path = self.dest.join(rel.to_path_buf());
         match fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() && !m.file_type().is_symlink() => return Ok(()),
-            Ok(_) => return Err(self.err(UnpackErrorKind::Exists { path: rel.display() })),
+            Ok(_) => {
+                return Err(self.err(UnpackErrorKind::Exists {
+                    path: rel.display(),
+                }))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(self.io_err(&path, e)),
         }
         fs::create_dir(&path).map_err(|e| self.io_err(&path, e))?;
         set_mode(&path, 0o755).map_err(|e| self.io_err(&path, e))?;
-        self.report.placed.push((rel.to_path_buf(), PlacedKind::Dir));
+        self.report
+            .placed
+            .push((rel.to_path_buf(), PlacedKind::Dir));
         Ok(())
     }
 
@@ -803,7 +871,10 @@ impl Unpacker<'_> {
             }
         } else {
             // Resolve lexically from the link's directory in the staging root.
-            let mut depth: Vec<&[u8]> = rel.0[..rel.0.len() - 1].iter().map(|c| c.as_slice()).collect();
+            let mut depth: Vec<&[u8]> = rel.0[..rel.0.len() - 1]
+                .iter()
+                .map(|c| c.as_slice())
+                .collect();
             for c in target.split(|&b| b == b'/') {
                 match c {
                     b"" | b"." => {}
@@ -821,11 +892,15 @@ impl Unpacker<'_> {
         match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(self.err(UnpackErrorKind::Exists { path: rel.display() }))
+                return Err(self.err(UnpackErrorKind::Exists {
+                    path: rel.display(),
+                }))
             }
             Err(e) => return Err(self.io_err(&path, e)),
         }
-        self.report.placed.push((rel.to_path_buf(), PlacedKind::Symlink));
+        self.report
+            .placed
+            .push((rel.to_path_buf(), PlacedKind::Symlink));
         Ok(())
     }
 
@@ -859,13 +934,17 @@ impl Unpacker<'_> {
         match fs::hard_link(self.dest.join(target_dest.to_path_buf()), &path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(self.err(UnpackErrorKind::Exists { path: rel.display() }))
+                return Err(self.err(UnpackErrorKind::Exists {
+                    path: rel.display(),
+                }))
             }
             Err(e) => return Err(self.io_err(&path, e)),
         }
         self.add_bytes(size)?;
         self.placed_files.insert(rel.clone());
-        self.report.placed.push((rel.to_path_buf(), PlacedKind::HardLink));
+        self.report
+            .placed
+            .push((rel.to_path_buf(), PlacedKind::HardLink));
         Ok(())
     }
 }
@@ -885,7 +964,10 @@ mod tests {
     #[test]
     fn splits_and_refuses_paths() {
         assert_eq!(rp("./a//b/./c").display(), "a/b/c");
-        assert_eq!(split_path(b"/etc/passwd", false), Err(PathProblem::Absolute));
+        assert_eq!(
+            split_path(b"/etc/passwd", false),
+            Err(PathProblem::Absolute)
+        );
         assert_eq!(split_path(b"a/../../b", false), Err(PathProblem::DotDot));
         assert_eq!(split_path(b"a/b\0c", false), Err(PathProblem::BadComponent));
         assert_eq!(split_path(b"/usr/bin/", true).unwrap().display(), "usr/bin");
@@ -909,20 +991,34 @@ mod tests {
         assert_eq!(m("bin/kubectl").as_deref(), Some("usr/bin/kubectl"));
         assert_eq!(m("bin/k").as_deref(), Some("usr/bin/kk"));
         assert_eq!(m("bin/kx"), None);
-        assert_eq!(m("etc/falco/falco.yaml").as_deref(), Some("usr/share/falco/etc/falco/falco.yaml"));
+        assert_eq!(
+            m("etc/falco/falco.yaml").as_deref(),
+            Some("usr/share/falco/etc/falco/falco.yaml")
+        );
         assert_eq!(m("usr/bin/falco").as_deref(), Some("usr/bin/falco"));
         assert_eq!(m("usr/bin/uninstall.sh"), None);
         assert!(Selection::all().place("../x", "usr/").is_err());
         assert!(Selection::all().place("x", "usr/../../etc/").is_err());
-        assert!(Selection::all().place_with_mode("x", "usr/bin/x", 0o4755).is_err());
+        assert!(Selection::all()
+            .place_with_mode("x", "usr/bin/x", 0o4755)
+            .is_err());
     }
 
     #[test]
     fn formats_from_names_and_strings() {
-        assert_eq!(ArchiveFormat::from_file_name("cni-plugins-linux-amd64-v1.5.1.tgz"), Some(ArchiveFormat::TarGz));
-        assert_eq!(ArchiveFormat::from_file_name("wasmtime-v1-x86_64-linux.tar.xz"), Some(ArchiveFormat::TarXz));
+        assert_eq!(
+            ArchiveFormat::from_file_name("cni-plugins-linux-amd64-v1.5.1.tgz"),
+            Some(ArchiveFormat::TarGz)
+        );
+        assert_eq!(
+            ArchiveFormat::from_file_name("wasmtime-v1-x86_64-linux.tar.xz"),
+            Some(ArchiveFormat::TarXz)
+        );
         assert_eq!(ArchiveFormat::from_file_name("kubectl"), None);
-        assert_eq!("tar.zst".parse::<ArchiveFormat>().unwrap(), ArchiveFormat::TarZst);
+        assert_eq!(
+            "tar.zst".parse::<ArchiveFormat>().unwrap(),
+            ArchiveFormat::TarZst
+        );
         assert!("zip".parse::<ArchiveFormat>().is_err());
     }
 }

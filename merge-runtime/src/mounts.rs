@@ -96,9 +96,9 @@ pub fn mountinfo() -> io::Result<Vec<MountInfo>> {
 /// True when `path` (not following a final symlink) is the root of a mount.
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
     let st = rustix::fs::statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)?;
-    let mask = rustix::fs::StatxAttributes::MOUNT_ROOT.bits();
-    if st.stx_attributes_mask & mask != 0 {
-        return Ok(st.stx_attributes & mask != 0);
+    let mask = rustix::fs::StatxAttributes::MOUNT_ROOT;
+    if st.stx_attributes_mask.contains(mask) {
+        return Ok(st.stx_attributes.contains(mask));
     }
     // Kernels before 5.8: compare with the parent.
     let parent = path.join("..");

@@ -21,7 +21,7 @@ use crate::root::Root;
 pub const POLICY_FILE: &str = "etc/sysext/policy.conf";
 
 /// Which images may be merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Only images whose root hash carries a valid signature by a
@@ -431,7 +431,7 @@ pub fn read_hash_tree(material: &VerityMaterial) -> Result<Vec<u8>, VerifyError>
         source,
     })?;
     let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, h.range.offset)
+    FileExt::read_exact_at(&f, &mut buf, h.range.offset)
         .map_err(|source| VerifyError::Io {
             path: h.file.clone(),
             source: io::Error::new(

@@ -490,7 +490,8 @@ fn add_image(st: &mut ExtState, img: &ImageToPublish, opts: &PublishOptions<'_>)
             reason: e.to_string(),
         }
     })?;
-    let image = place(st, &file, &img.path, st.images.get(&key).map(|s| &s.image), opts)?;
+    let existing_image = st.images.get(&key).map(|s| s.image.clone());
+    let image = place(st, &file, &img.path, existing_image.as_ref(), opts)?;
     let mut sidecars = st.images.get(&key).map(|s| s.sidecars.clone()).unwrap_or_default();
     for (suffix, path) in &img.sidecars {
         let Some(suffix) = SIDECAR_SUFFIXES.iter().find(|s| **s == suffix.as_str()) else {

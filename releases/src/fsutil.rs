@@ -24,7 +24,7 @@ pub struct IoError {
     pub source: io::Error,
 }
 
-pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> IoError + '_ {
+pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IoError + 'a {
     move |source| IoError {
         action,
         path: path.to_path_buf(),

@@ -25,4 +25,4 @@ pub use dir::{
 pub use layout::{FeedUrl, Stream, StreamPolicy};
 pub use name::{ExtensionName, FeedFileName};
 pub use retention::Retention;
-pub use signer::{ManifestSigner, SignError};
+pub use signer::{ManifestSigner, OpenPgpSigner, SignError};

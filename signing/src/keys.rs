@@ -295,11 +295,7 @@ pub(crate) fn subject_of(cert: &X509Ref) -> String {
         .entries()
         .map(|e| {
             let key = e.object().nid().short_name().unwrap_or("?");
-            let value = e
-                .data()
-                .as_utf8()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|_| "?".to_string());
+            let value = e.data().to_string().unwrap_or_else(|_| "?".to_string());
             format!("{key}={value}")
         })
         .collect::<Vec<_>>()
@@ -561,12 +557,15 @@ fn generate(common_name: &str, options: KeygenOptions) -> Result<(PKey<Private>,
     b.set_version(2)?;
     let mut serial = BigNum::new()?;
     serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
-    b.set_serial_number(&serial.to_asn1_integer()?)?;
+    let serial = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
     b.set_subject_name(&name)?;
     b.set_issuer_name(&name)?;
     b.set_pubkey(&pkey)?;
-    b.set_not_before(&Asn1Time::days_from_now(0)?)?;
-    b.set_not_after(&Asn1Time::days_from_now(options.validity_days)?)?;
+    let not_before = Asn1Time::days_from_now(0)?;
+    let not_after = Asn1Time::days_from_now(options.validity_days)?;
+    b.set_not_before(&not_before)?;
+    b.set_not_after(&not_after)?;
     // What `openssl req -x509` (and mkosi genkey) put in: a self-signed CA.
     let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
     b.append_extension(ski)?;

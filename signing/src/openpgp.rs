@@ -42,19 +42,14 @@ pub const PUBRING_FILE_NAME: &str = "import-pubring.gpg";
 pub const SIGNATURE_FILE_NAME: &str = "SHA256SUMS.gpg";
 
 /// The public-key algorithm of a new key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Algorithm {
     /// Ed25519 in the v4 "EdDSA legacy" encoding. Small and fast; signatures
     /// are deterministic.
+    #[default]
     Ed25519,
     /// RSA with the given modulus size (2048..=4096).
     Rsa(u32),
-}
-
-impl Default for Algorithm {
-    fn default() -> Self {
-        Algorithm::Ed25519
-    }
 }
 
 /// Anything that can go wrong with OpenPGP keys and signatures. Messages
@@ -110,7 +105,11 @@ pub struct OpenPgpSecretKey {
 
 impl fmt::Debug for OpenPgpSecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OpenPgpSecretKey({} <secret redacted>)", self.fingerprint())
+        write!(
+            f,
+            "OpenPgpSecretKey({} <secret redacted>)",
+            self.fingerprint()
+        )
     }
 }
 
@@ -137,7 +136,9 @@ impl OpenPgpSecretKey {
             .can_encrypt(false)
             .primary_user_id(user_id.to_string())
             .preferred_hash_algorithms(
-                [HashAlgorithm::Sha256, HashAlgorithm::Sha512].into_iter().collect(),
+                [HashAlgorithm::Sha256, HashAlgorithm::Sha512]
+                    .into_iter()
+                    .collect(),
             )
             .build()
             .map_err(|e| OpenPgpError::Generate(e.to_string()))?;
@@ -244,7 +245,11 @@ impl OpenPgpSecretKey {
     /// A detached binary signature over `data` with the given creation time
     /// (e.g. `SOURCE_DATE_EPOCH`); with an Ed25519 key the output is then
     /// the same bytes every time.
-    pub fn sign_detached_at(&self, data: &[u8], created: SystemTime) -> Result<Vec<u8>, OpenPgpError> {
+    pub fn sign_detached_at(
+        &self,
+        data: &[u8],
+        created: SystemTime,
+    ) -> Result<Vec<u8>, OpenPgpError> {
         let created: DateTime<Utc> = DateTime::<Utc>::from(created).trunc_subsecs(0);
         let sub = |d| Subpacket::regular(d).map_err(|e| OpenPgpError::Sign(e.to_string()));
         let hashed = vec![
@@ -261,7 +266,8 @@ impl OpenPgpSecretKey {
             SubpacketConfig::UserDefined { hashed, unhashed },
         )
         .map_err(|e| OpenPgpError::Sign(e.to_string()))?;
-        sig.to_bytes().map_err(|e| OpenPgpError::Sign(e.to_string()))
+        sig.to_bytes()
+            .map_err(|e| OpenPgpError::Sign(e.to_string()))
     }
 }
 
@@ -295,7 +301,11 @@ pub struct GeneratedOpenPgpKey {
 /// mode 0600) and `out_dir/import-pubring.gpg` (binary public keyring,
 /// mode 0644). `out_dir` is created (mode 0700) if missing. Refuses to
 /// overwrite either file; on error neither is left behind.
-pub fn keygen(out_dir: &Path, user_id: &str, algorithm: Algorithm) -> Result<GeneratedOpenPgpKey, OpenPgpError> {
+pub fn keygen(
+    out_dir: &Path,
+    user_id: &str,
+    algorithm: Algorithm,
+) -> Result<GeneratedOpenPgpKey, OpenPgpError> {
     let secret_key_path = out_dir.join(SECRET_KEY_FILE_NAME);
     let pubring_path = out_dir.join(PUBRING_FILE_NAME);
     for p in [&secret_key_path, &pubring_path] {
@@ -374,7 +384,9 @@ fn parse_signature(bytes: &[u8]) -> Result<DetachedSignature, OpenPgpError> {
     };
     match sigs.len() {
         1 => Ok(sigs.remove(0)),
-        0 => Err(OpenPgpError::BadSignature("no signature packet found".into())),
+        0 => Err(OpenPgpError::BadSignature(
+            "no signature packet found".into(),
+        )),
         n => Err(OpenPgpError::BadSignature(format!(
             "{n} signatures found; expected exactly one"
         ))),
@@ -387,7 +399,11 @@ fn may_sign(sigs: &[&pgp::packet::Signature]) -> bool {
 }
 
 /// Checks a detached signature over `data` against a public keyring.
-pub fn verify_detached(pubring: &[u8], data: &[u8], signature: &[u8]) -> Result<Verified, OpenPgpError> {
+pub fn verify_detached(
+    pubring: &[u8],
+    data: &[u8],
+    signature: &[u8],
+) -> Result<Verified, OpenPgpError> {
     let keys = parse_keyring(pubring)?;
     let sig = parse_signature(signature)?;
     let s = &sig.signature;
@@ -415,7 +431,8 @@ pub fn verify_detached(pubring: &[u8], data: &[u8], signature: &[u8]) -> Result<
         .collect();
     let issuers_id: Vec<Vec<u8>> = s.issuer().iter().map(|k| k.as_ref().to_vec()).collect();
     let is_issuer = |fp: &[u8], id: &[u8]| {
-        issuers_fp.iter().any(|f| f == fp) || (issuers_fp.is_empty() && issuers_id.iter().any(|i| i == id))
+        issuers_fp.iter().any(|f| f == fp)
+            || (issuers_fp.is_empty() && issuers_id.iter().any(|i| i == id))
     };
     let issuer_text = issuers_fp
         .first()
@@ -427,7 +444,12 @@ pub fn verify_detached(pubring: &[u8], data: &[u8], signature: &[u8]) -> Result<
     for key in &keys {
         let primary_fp = hex::encode_upper(key.fingerprint().as_bytes());
         // Candidate signing keys: the primary, then its subkeys.
-        let mut candidates: Vec<(String, Box<dyn Fn(&[u8]) -> pgp::errors::Result<()> + '_>, bool, Option<DateTime<Utc>>)> = Vec::new();
+        let mut candidates: Vec<(
+            String,
+            Box<dyn Fn(&[u8]) -> pgp::errors::Result<()> + '_>,
+            bool,
+            Option<DateTime<Utc>>,
+        )> = Vec::new();
         if is_issuer(key.fingerprint().as_bytes(), key.key_id().as_ref()) {
             let self_sigs: Vec<&pgp::packet::Signature> = key
                 .details
@@ -469,17 +491,23 @@ pub fn verify_detached(pubring: &[u8], data: &[u8], signature: &[u8]) -> Result<
             continue;
         }
         if !key.details.revocation_signatures.is_empty() {
-            last_error = Some(OpenPgpError::Invalid(format!("key {primary_fp} is revoked")));
+            last_error = Some(OpenPgpError::Invalid(format!(
+                "key {primary_fp} is revoked"
+            )));
             continue;
         }
         for (fp, check, can_sign, expires) in candidates {
             if !can_sign {
-                last_error = Some(OpenPgpError::Invalid(format!("key {fp} is not allowed to sign")));
+                last_error = Some(OpenPgpError::Invalid(format!(
+                    "key {fp} is not allowed to sign"
+                )));
                 continue;
             }
             if let (Some(exp), Some(c)) = (expires, created) {
                 if c >= exp {
-                    last_error = Some(OpenPgpError::Invalid(format!("key {fp} had expired when it signed")));
+                    last_error = Some(OpenPgpError::Invalid(format!(
+                        "key {fp} had expired when it signed"
+                    )));
                     continue;
                 }
             }
@@ -491,7 +519,11 @@ pub fn verify_detached(pubring: &[u8], data: &[u8], signature: &[u8]) -> Result<
                         created: created.map(SystemTime::from),
                     })
                 }
-                Err(e) => last_error = Some(OpenPgpError::Invalid(format!("BAD signature from {fp}: {e}"))),
+                Err(e) => {
+                    last_error = Some(OpenPgpError::Invalid(format!(
+                        "BAD signature from {fp}: {e}"
+                    )))
+                }
             }
         }
     }
@@ -504,7 +536,8 @@ mod tests {
 
     #[test]
     fn sign_and_verify_round_trip_and_tamper() {
-        let key = OpenPgpSecretKey::generate("Test Feed <feed@example.org>", Algorithm::Ed25519).unwrap();
+        let key =
+            OpenPgpSecretKey::generate("Test Feed <feed@example.org>", Algorithm::Ed25519).unwrap();
         let ring = key.public_keyring().unwrap();
         let data = b"e3b0  x.raw\n";
         let sig = key.sign_detached(data).unwrap();
@@ -512,7 +545,8 @@ mod tests {
         assert_eq!(v.primary_fingerprint, key.fingerprint());
         let e = verify_detached(&ring, b"e3b0  y.raw\n", &sig).unwrap_err();
         assert!(e.to_string().contains("BAD signature"), "{e}");
-        let other = OpenPgpSecretKey::generate("Other <o@example.org>", Algorithm::Ed25519).unwrap();
+        let other =
+            OpenPgpSecretKey::generate("Other <o@example.org>", Algorithm::Ed25519).unwrap();
         let e = verify_detached(&other.public_keyring().unwrap(), data, &sig).unwrap_err();
         assert!(matches!(e, OpenPgpError::UnknownSigner(_)), "{e}");
         let armored = key.public_key_armored().unwrap();
@@ -533,22 +567,46 @@ mod tests {
     #[test]
     fn secret_key_file_is_0600_and_never_printed() {
         let dir = tempfile::tempdir().unwrap();
-        let g = keygen(&dir.path().join("keys"), "K <k@example.org>", Algorithm::Ed25519).unwrap();
-        let mode = std::fs::metadata(&g.secret_key_path).unwrap().permissions().mode() & 0o777;
+        let g = keygen(
+            &dir.path().join("keys"),
+            "K <k@example.org>",
+            Algorithm::Ed25519,
+        )
+        .unwrap();
+        let mode = std::fs::metadata(&g.secret_key_path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let text = std::fs::read_to_string(&g.secret_key_path).unwrap();
-        assert!(text.starts_with("-----BEGIN PGP PRIVATE KEY BLOCK-----"), "armored");
+        assert!(
+            text.starts_with("-----BEGIN PGP PRIVATE KEY BLOCK-----"),
+            "armored"
+        );
         let key = OpenPgpSecretKey::load(&g.secret_key_path).unwrap();
         assert_eq!(key.fingerprint(), g.fingerprint);
         let dbg = format!("{key:?}");
-        assert!(dbg.contains("redacted") && !dbg.contains("PRIVATE"), "{dbg}");
+        assert!(
+            dbg.contains("redacted") && !dbg.contains("PRIVATE"),
+            "{dbg}"
+        );
         // No temporary files left; refuses to overwrite.
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("keys")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
-        let e = keygen(&dir.path().join("keys"), "K <k@example.org>", Algorithm::Ed25519).unwrap_err();
+        let e = keygen(
+            &dir.path().join("keys"),
+            "K <k@example.org>",
+            Algorithm::Ed25519,
+        )
+        .unwrap_err();
         assert!(matches!(e, OpenPgpError::Exists { .. }), "{e}");
         // Group-readable secret keys are refused.
-        std::fs::set_permissions(&g.secret_key_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(&g.secret_key_path, std::fs::Permissions::from_mode(0o640))
+            .unwrap();
         let e = OpenPgpSecretKey::load(&g.secret_key_path).unwrap_err();
         assert!(e.to_string().contains("chmod 600"), "{e}");
     }

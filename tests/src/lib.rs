@@ -196,3 +196,5 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
 }
 
 pub mod upstream;
+pub mod github;
+pub mod vm;

@@ -35,7 +35,10 @@ pub struct Request {
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn query_param(&self, name: &str) -> Option<&str> {
@@ -186,8 +189,11 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an empty server on `127.0.0.1:0`.
     pub fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for the mock upstream");
-        let addr = listener.local_addr().expect("local address of the mock upstream");
+        let listener =
+            TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for the mock upstream");
+        let addr = listener
+            .local_addr()
+            .expect("local address of the mock upstream");
         let state = Arc::new(State::default());
         let st = state.clone();
         let accept = std::thread::Builder::new()
@@ -234,7 +240,11 @@ impl Upstream {
 
     /// Adds a handler for every request whose path starts with `prefix`;
     /// returning `None` falls through to files and 404.
-    pub fn handle(&self, prefix: &str, handler: impl Fn(&Request) -> Option<Response> + Send + Sync + 'static) {
+    pub fn handle(
+        &self,
+        prefix: &str,
+        handler: impl Fn(&Request) -> Option<Response> + Send + Sync + 'static,
+    ) {
         lock(&self.state.handlers).push((normalize(prefix), Arc::new(handler)));
     }
 
@@ -305,7 +315,11 @@ impl Upstream {
     /// Requests for one path.
     pub fn requests_for(&self, path: &str) -> Vec<RequestLog> {
         let path = normalize(path);
-        lock(&self.state.log).iter().filter(|r| r.path == path).cloned().collect()
+        lock(&self.state.log)
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 
     pub fn clear_log(&self) {
@@ -376,7 +390,10 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
     }
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request line"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad request line",
+        ));
     };
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
@@ -403,7 +420,10 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         headers,
         body: Vec::new(),
     };
-    if let Some(len) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
         req.body = body;
@@ -438,7 +458,12 @@ enum Next {
     Close,
 }
 
-fn serve_request(out: &mut TcpStream, req: &Request, keep_alive: bool, state: &State) -> io::Result<Next> {
+fn serve_request(
+    out: &mut TcpStream,
+    req: &Request,
+    keep_alive: bool,
+    state: &State,
+) -> io::Result<Next> {
     let latency = *lock(&state.latency);
     if !latency.is_zero() {
         std::thread::sleep(latency);
@@ -452,7 +477,11 @@ fn serve_request(out: &mut TcpStream, req: &Request, keep_alive: bool, state: &S
         authorization: req.header("authorization").map(str::to_string),
         status: 0,
     };
-    let after = if keep_alive { Next::Continue } else { Next::Close };
+    let after = if keep_alive {
+        Next::Continue
+    } else {
+        Next::Close
+    };
     let mut truncate_at = None;
     match failure {
         Some(Failure::Reset) => {
@@ -475,7 +504,13 @@ fn serve_request(out: &mut TcpStream, req: &Request, keep_alive: bool, state: &S
     let resp = respond(state, req);
     log.status = resp.status;
     lock(&state.log).push(log);
-    write_head(out, resp.status, &resp.headers, resp.body.len() as u64, keep_alive)?;
+    write_head(
+        out,
+        resp.status,
+        &resp.headers,
+        resp.body.len() as u64,
+        keep_alive,
+    )?;
     if req.method == "HEAD" {
         return Ok(after);
     }
@@ -526,8 +561,17 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_head(out: &mut TcpStream, status: u16, headers: &[(String, String)], len: u64, keep_alive: bool) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n", reason(status));
+fn write_head(
+    out: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+    len: u64,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n",
+        reason(status)
+    );
     if !keep_alive {
         head.push_str("Connection: close\r\n");
     }
@@ -575,7 +619,9 @@ fn respond(state: &State, req: &Request) -> Response {
     if let Some(resp) = github_page(state, req) {
         return resp;
     }
-    let file = lock(&state.files).get(&req.path).map(|f| (f.bytes.clone(), f.etag.clone()));
+    let file = lock(&state.files)
+        .get(&req.path)
+        .map(|f| (f.bytes.clone(), f.etag.clone()));
     let Some((bytes, etag)) = file else {
         return Response::new(404, "not found\n");
     };
@@ -624,9 +670,16 @@ fn parse_range(value: &str, total: u64) -> Option<(u64, u64)> {
 fn github_page(state: &State, req: &Request) -> Option<Response> {
     let repos = lock(&state.github);
     let repo = repos.iter().find(|r| r.path == req.path)?;
-    let asked = req.query_param("per_page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(30);
+    let asked = req
+        .query_param("per_page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(30);
     let per_page = asked.clamp(1, 100).min(repo.per_page);
-    let page = req.query_param("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let page = req
+        .query_param("page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
     let pages = repo.releases.len().div_ceil(per_page).max(1);
     let items: Vec<serde_json::Value> = repo
         .releases
@@ -653,8 +706,15 @@ fn github_page(state: &State, req: &Request) -> Option<Response> {
         .collect();
     let body = serde_json::to_vec(&items).unwrap_or_default();
     let link = |p: usize| {
-        let suffix = repo.path.rsplit_once("/repos/").map(|(_, s)| s).unwrap_or("");
-        format!("<{}/repos/{suffix}?per_page={per_page}&page={p}>", repo.link_base)
+        let suffix = repo
+            .path
+            .rsplit_once("/repos/")
+            .map(|(_, s)| s)
+            .unwrap_or("");
+        format!(
+            "<{}/repos/{suffix}?per_page={per_page}&page={p}>",
+            repo.link_base
+        )
     };
     let mut links = Vec::new();
     if page < pages {
@@ -665,7 +725,8 @@ fn github_page(state: &State, req: &Request) -> Option<Response> {
         links.push(format!("{}; rel=\"first\"", link(1)));
         links.push(format!("{}; rel=\"prev\"", link(page - 1)));
     }
-    let mut resp = Response::new(200, body).header("Content-Type", "application/json; charset=utf-8");
+    let mut resp =
+        Response::new(200, body).header("Content-Type", "application/json; charset=utf-8");
     if !links.is_empty() {
         resp = resp.header("Link", &links.join(", "));
     }
@@ -678,7 +739,11 @@ mod tests {
 
     fn get(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
         let mut s = TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"
+        )
+        .unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).unwrap();
         let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -698,7 +763,11 @@ mod tests {
         assert!(head.contains("Content-Range: bytes 4-9/10"), "{head}");
         let (s, _, _) = get(up.addr(), "/a/b.txt", "Range: bytes=10-\r\n");
         assert_eq!(s, 416);
-        let (s, _, body) = get(up.addr(), "/a/b.txt", "Range: bytes=4-\r\nIf-Range: \"other\"\r\n");
+        let (s, _, body) = get(
+            up.addr(),
+            "/a/b.txt",
+            "Range: bytes=4-\r\nIf-Range: \"other\"\r\n",
+        );
         assert_eq!((s, body.len()), (200, 10));
         assert_eq!(get(up.addr(), "/missing", "").0, 404);
         assert_eq!(up.request_count(), 5);
@@ -721,14 +790,19 @@ mod tests {
     #[test]
     fn paginates_github_releases() {
         let up = Upstream::start();
-        let rels = (0..5).map(|i| GithubRelease::new(&format!("v1.{i}.0"))).collect();
+        let rels = (0..5)
+            .map(|i| GithubRelease::new(&format!("v1.{i}.0")))
+            .collect();
         up.github_releases("/api", "o", "r", rels, 2, None);
         let (s, head, body) = get(up.addr(), "/api/repos/o/r/releases?per_page=100", "");
         assert_eq!(s, 200);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 2);
         assert!(
-            head.contains(&format!("<{}/api/repos/o/r/releases?per_page=2&page=2>; rel=\"next\"", up.base_url())),
+            head.contains(&format!(
+                "<{}/api/repos/o/r/releases?per_page=2&page=2>; rel=\"next\"",
+                up.base_url()
+            )),
             "{head}"
         );
         let (_, head, body) = get(up.addr(), "/api/repos/o/r/releases?per_page=2&page=3", "");

@@ -48,13 +48,18 @@ fn fetcher(cache: &Path, opts: FetchOptions) -> Fetcher {
 fn recorder() -> (bakery::fetch::ProgressSink, Arc<Mutex<Vec<Event>>>) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let e = events.clone();
-    (Arc::new(move |ev: &Event| e.lock().unwrap().push(ev.clone())), events)
+    (
+        Arc::new(move |ev: &Event| e.lock().unwrap().push(ev.clone())),
+        events,
+    )
 }
 
 /// Every regular file under `dir` (recursively).
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -71,7 +76,12 @@ async fn parallel_fetch_is_verified_cached_and_bounded() {
     let up = Upstream::start();
     up.set_latency(Duration::from_millis(300));
     let files: Vec<(String, Vec<u8>)> = (0..6)
-        .map(|i| (format!("/files/input-{i}.bin"), payload(50_000 + i * 1000, i as u8)))
+        .map(|i| {
+            (
+                format!("/files/input-{i}.bin"),
+                payload(50_000 + i * 1000, i as u8),
+            )
+        })
         .collect();
     for (p, b) in &files {
         up.insert(p, b.clone());
@@ -98,7 +108,10 @@ async fn parallel_fetch_is_verified_cached_and_bounded() {
     }
     // The downloads overlapped, and never more than the limit at once.
     let peak = up.max_in_flight();
-    assert!((2..=3).contains(&peak), "peak concurrent requests {peak}, want 2..=3");
+    assert!(
+        (2..=3).contains(&peak),
+        "peak concurrent requests {peak}, want 2..=3"
+    );
     assert_eq!(up.request_count(), 6);
 
     // A second batch is served from the cache: no request at all.
@@ -138,8 +151,14 @@ async fn tampered_download_is_refused_and_not_cached() {
     assert!(err.is_checksum_mismatch(), "{err}");
     let msg = err.to_string();
     assert!(msg.contains(&url), "names the URL: {msg}");
-    assert!(msg.contains(&digest_of(&good).to_hex()), "names the expected digest: {msg}");
-    assert!(msg.contains(&digest_of(&evil).to_hex()), "names the actual digest: {msg}");
+    assert!(
+        msg.contains(&digest_of(&good).to_hex()),
+        "names the expected digest: {msg}"
+    );
+    assert!(
+        msg.contains(&digest_of(&evil).to_hex()),
+        "names the actual digest: {msg}"
+    );
     // Not retried (a mismatch is not transient), and nothing kept.
     assert_eq!(up.requests_for("/v1.30.4/bin/linux/amd64/kubelet").len(), 1);
     assert_eq!(files_under(cache.path()), Vec::<std::path::PathBuf>::new());
@@ -153,7 +172,10 @@ async fn wrong_checksum_file_is_refused() {
     up.insert("/k3s/v1.30.4+k3s1/k3s", bytes.clone());
     up.insert(
         "/k3s/v1.30.4+k3s1/sha256sum-amd64.txt",
-        format!("{wrong}  k3s\n{}  k3s-airgap-images-amd64.tar\n", digest_of(b"x")),
+        format!(
+            "{wrong}  k3s\n{}  k3s-airgap-images-amd64.tar\n",
+            digest_of(b"x")
+        ),
     );
     let cache = tempfile::tempdir().unwrap();
     let f = fetcher(cache.path(), quick_options());
@@ -161,19 +183,33 @@ async fn wrong_checksum_file_is_refused() {
     let published = f.fetch_checksum(&sums, "k3s").await.unwrap();
     assert_eq!(published, wrong);
     let url = up.url("/k3s/v1.30.4+k3s1/k3s");
-    let err = f.fetch(&FetchRequest::pinned(&url, published).unwrap()).await.unwrap_err();
+    let err = f
+        .fetch(&FetchRequest::pinned(&url, published).unwrap())
+        .await
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(&url) && msg.contains(&wrong.to_hex()) && msg.contains(&digest_of(&bytes).to_hex()), "{msg}");
+    assert!(
+        msg.contains(&url)
+            && msg.contains(&wrong.to_hex())
+            && msg.contains(&digest_of(&bytes).to_hex()),
+        "{msg}"
+    );
     assert!(files_under(&cache.path().join("sha256")).is_empty());
 
     // A checksum list that does not list the file is a clear error.
     let err = f.fetch_checksum(&sums, "k3s-arm64").await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("k3s-arm64") && msg.contains("sha256sum-amd64.txt"), "{msg}");
+    assert!(
+        msg.contains("k3s-arm64") && msg.contains("sha256sum-amd64.txt"),
+        "{msg}"
+    );
     // And one that is not a checksum file at all.
     up.insert("/bad.sha256", "<html>rate limited</html>\n");
     let err = f
-        .fetch_checksum(&bakery::fetch::parse_url(&up.url("/bad.sha256")).unwrap(), "k3s")
+        .fetch_checksum(
+            &bakery::fetch::parse_url(&up.url("/bad.sha256")).unwrap(),
+            "k3s",
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("line 1"), "{err}");
@@ -187,7 +223,10 @@ async fn cache_hit_needs_no_server_and_damage_is_detected() {
     let url = up.url("/cni/cni-plugins-linux-amd64-v1.5.1.tgz");
     let cache = tempfile::tempdir().unwrap();
     let req = FetchRequest::pinned(&url, digest_of(&bytes)).unwrap();
-    let first = fetcher(cache.path(), quick_options()).fetch(&req).await.unwrap();
+    let first = fetcher(cache.path(), quick_options())
+        .fetch(&req)
+        .await
+        .unwrap();
     assert!(!first.from_cache);
     up.stop();
 
@@ -198,7 +237,10 @@ async fn cache_hit_needs_no_server_and_damage_is_detected() {
     let hit = f.fetch(&req).await.unwrap();
     assert!(hit.from_cache);
     assert_eq!(hit.path, first.path);
-    assert!(matches!(events.lock().unwrap()[..], [Event::CacheHit { .. }]));
+    assert!(matches!(
+        events.lock().unwrap()[..],
+        [Event::CacheHit { .. }]
+    ));
 
     // Damage the cache entry: it is not used; the refetch fails because
     // the server is down, and the damaged bytes are gone.
@@ -226,7 +268,11 @@ async fn retries_transient_failures_but_not_404() {
         .await
         .unwrap();
     assert_eq!(got.digest, digest_of(&bytes));
-    let statuses: Vec<u16> = up.requests_for("/r/file").iter().map(|r| r.status).collect();
+    let statuses: Vec<u16> = up
+        .requests_for("/r/file")
+        .iter()
+        .map(|r| r.status)
+        .collect();
     assert_eq!(statuses, [500, 500, 0, 200]);
     let retries = events
         .lock()
@@ -237,8 +283,14 @@ async fn retries_transient_failures_but_not_404() {
     assert_eq!(retries, 3);
 
     // 404 is final: one request, a clear error.
-    let err = f.fetch(&FetchRequest::unpinned(&up.url("/r/missing")).unwrap()).await.unwrap_err();
-    assert!(matches!(err, FetchError::Status { status: 404, .. }), "{err}");
+    let err = f
+        .fetch(&FetchRequest::unpinned(&up.url("/r/missing")).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::Status { status: 404, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("/r/missing"), "{err}");
     assert_eq!(up.requests_for("/r/missing").len(), 1);
 
@@ -252,8 +304,14 @@ async fn retries_transient_failures_but_not_404() {
             ..quick_options()
         },
     );
-    let err = f.fetch(&FetchRequest::unpinned(&up.url("/r/flaky")).unwrap()).await.unwrap_err();
-    assert!(err.to_string().contains("503") && err.to_string().contains("3 attempts"), "{err}");
+    let err = f
+        .fetch(&FetchRequest::unpinned(&up.url("/r/flaky")).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("503") && err.to_string().contains("3 attempts"),
+        "{err}"
+    );
     assert_eq!(up.requests_for("/r/flaky").len(), 3);
 }
 
@@ -262,11 +320,18 @@ async fn resumes_a_truncated_body_with_range() {
     let up = Upstream::start();
     let bytes = payload(300_000, 6);
     up.insert("/big/rke2.linux-amd64.tar.gz", bytes.clone());
-    up.fail_next(Some("/big/rke2.linux-amd64.tar.gz"), Failure::Truncate(100_000), 1);
+    up.fail_next(
+        Some("/big/rke2.linux-amd64.tar.gz"),
+        Failure::Truncate(100_000),
+        1,
+    );
     let cache = tempfile::tempdir().unwrap();
     let f = fetcher(cache.path(), quick_options());
     let got = f
-        .fetch(&FetchRequest::pinned(&up.url("/big/rke2.linux-amd64.tar.gz"), digest_of(&bytes)).unwrap())
+        .fetch(
+            &FetchRequest::pinned(&up.url("/big/rke2.linux-amd64.tar.gz"), digest_of(&bytes))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), bytes);
@@ -276,7 +341,12 @@ async fn resumes_a_truncated_body_with_range() {
     // The client got 100000 bytes (perhaps fewer if the close raced the
     // last segment) and asked only for the rest.
     let range = reqs[1].range.clone().expect("the retry resumes with Range");
-    let offset: u64 = range.strip_prefix("bytes=").unwrap().trim_end_matches('-').parse().unwrap();
+    let offset: u64 = range
+        .strip_prefix("bytes=")
+        .unwrap()
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
     assert!(offset > 0 && offset <= 100_000, "{range}");
     assert_eq!(reqs[1].status, 206);
 }
@@ -300,7 +370,11 @@ async fn restarts_when_the_server_cannot_resume() {
     assert_eq!(reqs.len(), 2);
     assert!(reqs[1].range.is_some());
     assert_eq!(reqs[1].status, 200);
-    assert!(events.lock().unwrap().iter().any(|e| matches!(e, Event::Restarted { .. })));
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, Event::Restarted { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,7 +397,9 @@ async fn mirror_rules_rewrite_upstream_urls() {
         ),
     )
     .unwrap();
-    let mut mirrors = MirrorSet::from_flags(&[format!("https://dl.k8s.io/={}/dl.k8s.io/", up.base_url())]).unwrap();
+    let mut mirrors =
+        MirrorSet::from_flags(&[format!("https://dl.k8s.io/={}/dl.k8s.io/", up.base_url())])
+            .unwrap();
     mirrors.extend(MirrorSet::load(&file).unwrap());
     let cache = tempfile::tempdir().unwrap();
     let f = fetcher(
@@ -333,23 +409,39 @@ async fn mirror_rules_rewrite_upstream_urls() {
             ..quick_options()
         },
     );
-    let sums = bakery::fetch::parse_url("https://dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl.sha256").unwrap();
+    let sums = bakery::fetch::parse_url("https://dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl.sha256")
+        .unwrap();
     let digest = f.fetch_checksum(&sums, "kubectl").await.unwrap();
     let got = f
-        .fetch(&FetchRequest::pinned("https://dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl", digest).unwrap())
+        .fetch(
+            &FetchRequest::pinned("https://dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl", digest)
+                .unwrap(),
+        )
         .await
         .unwrap();
-    assert_eq!(got.url.as_str(), "https://dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl");
-    assert_eq!(up.requests_for("/dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl").len(), 1);
+    assert_eq!(
+        got.url.as_str(),
+        "https://dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl"
+    );
+    assert_eq!(
+        up.requests_for("/dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl")
+            .len(),
+        1
+    );
 
     // Errors name the upstream URL and the mirror URL contacted.
     let err = f
-        .fetch(&FetchRequest::unpinned("https://github.com/k3s-io/k3s/releases/download/v1/k3s").unwrap())
+        .fetch(
+            &FetchRequest::unpinned("https://github.com/k3s-io/k3s/releases/download/v1/k3s")
+                .unwrap(),
+        )
         .await
         .unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("https://github.com/k3s-io/k3s/releases/download/v1/k3s (via http://127.0.0.1:"),
+        msg.contains(
+            "https://github.com/k3s-io/k3s/releases/download/v1/k3s (via http://127.0.0.1:"
+        ),
         "{msg}"
     );
     assert!(msg.contains("404"), "{msg}");
@@ -367,8 +459,14 @@ async fn size_limits_are_enforced() {
             ..quick_options()
         },
     );
-    let err = f.fetch(&FetchRequest::unpinned(&up.url("/big")).unwrap()).await.unwrap_err();
-    assert!(matches!(err, FetchError::TooLarge { limit: 1000, .. }), "{err}");
+    let err = f
+        .fetch(&FetchRequest::unpinned(&up.url("/big")).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { limit: 1000, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("/big"));
     assert!(files_under(&cache.path().join("sha256")).is_empty());
 
@@ -376,7 +474,10 @@ async fn size_limits_are_enforced() {
         .fetch_text(&bakery::fetch::parse_url(&up.url("/big")).unwrap(), 100)
         .await
         .unwrap_err();
-    assert!(matches!(err, FetchError::TooLarge { limit: 100, .. }), "{err}");
+    assert!(
+        matches!(err, FetchError::TooLarge { limit: 100, .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +500,9 @@ async fn github_releases_paginate_drop_prereleases_and_respect_mirrors() {
     let up = Upstream::start();
     let mut releases = Vec::new();
     for i in (0..7).rev() {
-        releases.push(GithubRelease::new(&format!("v1.{i}.0")).asset("k3s", "https://github.com/x/k3s"));
+        releases.push(
+            GithubRelease::new(&format!("v1.{i}.0")).asset("k3s", "https://github.com/x/k3s"),
+        );
         if i == 5 {
             releases.push(GithubRelease::new("v1.6.0-rc1").prerelease());
             releases.push(GithubRelease::new("v1.6.0-draft").draft());
@@ -415,7 +518,11 @@ async fn github_releases_paginate_drop_prereleases_and_respect_mirrors() {
         Some("https://api.github.com"),
     );
     let cache = tempfile::tempdir().unwrap();
-    let mirrors = MirrorSet::from_flags(&[format!("https://api.github.com/={}/api.github.com/", up.base_url())]).unwrap();
+    let mirrors = MirrorSet::from_flags(&[format!(
+        "https://api.github.com/={}/api.github.com/",
+        up.base_url()
+    )])
+    .unwrap();
     let f = fetcher(
         cache.path(),
         FetchOptions {
@@ -426,7 +533,10 @@ async fn github_releases_paginate_drop_prereleases_and_respect_mirrors() {
     let api = GithubApi::default().with_token(Some("ghp_test_token".into()));
     let got = api.list_releases(&f, "k3s-io", "k3s").await.unwrap();
     let tags: Vec<&str> = got.iter().map(|r| r.tag_name.as_str()).collect();
-    assert_eq!(tags, ["v1.6.0", "v1.5.0", "v1.4.0", "v1.3.0", "v1.2.0", "v1.1.0", "v1.0.0"]);
+    assert_eq!(
+        tags,
+        ["v1.6.0", "v1.5.0", "v1.4.0", "v1.3.0", "v1.2.0", "v1.1.0", "v1.0.0"]
+    );
     assert_eq!(got[0].assets[0].name, "k3s");
     let pages = up.requests_for("/api.github.com/repos/k3s-io/k3s/releases");
     assert_eq!(pages.len(), 5, "9 releases at 2 per page");
@@ -444,5 +554,7 @@ async fn github_releases_paginate_drop_prereleases_and_respect_mirrors() {
     assert_eq!(got.len(), 7);
     let pages = up.requests_for("/repos/rancher/rke2/releases");
     assert_eq!(pages.len(), 3);
-    assert!(pages.iter().all(|r| r.authorization.as_deref() == Some("Bearer ghp_test_token")));
+    assert!(pages
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some("Bearer ghp_test_token")));
 }

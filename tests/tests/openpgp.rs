@@ -17,11 +17,18 @@ use sysupdate::{Date, Manifest, Sha256Digest};
 
 fn manifest_text() -> Vec<u8> {
     let mut m = Manifest::new();
-    for (n, name) in ["kubernetes-v1.30.1-x86-64.raw", "kubernetes-v1.30.1-arm64.raw", "kubernetes-v1.30.2-x86-64.raw"]
-        .iter()
-        .enumerate()
+    for (n, name) in [
+        "kubernetes-v1.30.1-x86-64.raw",
+        "kubernetes-v1.30.1-arm64.raw",
+        "kubernetes-v1.30.2-x86-64.raw",
+    ]
+    .iter()
+    .enumerate()
     {
-        m.insert(name.parse().unwrap(), Sha256Digest::from_bytes([n as u8 + 1; 32]));
+        m.insert(
+            name.parse().unwrap(),
+            Sha256Digest::from_bytes([n as u8 + 1; 32]),
+        );
     }
     m.set_best_before(Some(Date::new(2099, 12, 31).unwrap()));
     m.render().into_bytes()
@@ -48,13 +55,22 @@ fn gpg_verify_like_sysupdate(pubring: &Path, sig: &Path, data: &Path) -> (bool, 
             .arg(sig)
             .arg(data),
     );
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn gpgv(pubring: &Path, sig: &Path, data: &Path) -> bool {
-    output(Command::new("gpgv").arg("--keyring").arg(pubring).arg(sig).arg(data))
-        .status
-        .success()
+    output(
+        Command::new("gpgv")
+            .arg("--keyring")
+            .arg(pubring)
+            .arg(sig)
+            .arg(data),
+    )
+    .status
+    .success()
 }
 
 struct Feed {
@@ -95,8 +111,14 @@ fn check_feed(algorithm: Algorithm) {
     let (ok, log) = gpg_verify_like_sysupdate(&f.pubring, &f.sig, &f.sums);
     assert!(ok, "gpg rejected our signature ({algorithm:?}):\n{log}");
     assert!(log.contains("Good signature"), "{log}");
-    assert!(log.contains(&f.fingerprint), "gpg should name our fingerprint:\n{log}");
-    assert!(gpgv(&f.pubring, &f.sig, &f.sums), "gpgv rejected our signature");
+    assert!(
+        log.contains(&f.fingerprint),
+        "gpg should name our fingerprint:\n{log}"
+    );
+    assert!(
+        gpgv(&f.pubring, &f.sig, &f.sums),
+        "gpgv rejected our signature"
+    );
     let v = openpgp::verify_detached(&read(&f.pubring), &read(&f.sums), &read(&f.sig)).unwrap();
     assert_eq!(v.primary_fingerprint, f.fingerprint);
 
@@ -110,8 +132,20 @@ fn check_feed(algorithm: Algorithm) {
         variants.push(v);
     }
     let text = String::from_utf8(orig.clone()).unwrap();
-    variants.push(text.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>().into_bytes());
-    variants.push([orig.as_slice(), b"0000000000000000000000000000000000000000000000000000000000000000  evil.raw\n"].concat());
+    variants.push(
+        text.lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    variants.push(
+        [
+            orig.as_slice(),
+            b"0000000000000000000000000000000000000000000000000000000000000000  evil.raw\n",
+        ]
+        .concat(),
+    );
     for v in variants {
         std::fs::write(&f.sums, &v).unwrap();
         let (ok, log) = gpg_verify_like_sysupdate(&f.pubring, &f.sig, &f.sums);
@@ -124,7 +158,10 @@ fn check_feed(algorithm: Algorithm) {
     // Another key's keyring.
     let other = signed_feed(Algorithm::Ed25519);
     let (ok, log) = gpg_verify_like_sysupdate(&other.pubring, &f.sig, &f.sums);
-    assert!(!ok, "gpg accepted a signature from a key not in the keyring:\n{log}");
+    assert!(
+        !ok,
+        "gpg accepted a signature from a key not in the keyring:\n{log}"
+    );
     assert!(!gpgv(&other.pubring, &f.sig, &f.sums));
     assert!(openpgp::verify_detached(&read(&other.pubring), &orig, &read(&f.sig)).is_err());
     // Both keys in one keyring: still good (gpg and ours).
@@ -157,7 +194,9 @@ fn gpg_imports_the_binary_keyring() {
     run_ok(gpg().arg("--import").arg(&f.pubring));
     let listing = run_ok(gpg().args(["--with-colons", "--list-keys"]));
     assert!(
-        listing.lines().any(|l| l.starts_with("fpr:") && l.contains(&f.fingerprint)),
+        listing
+            .lines()
+            .any(|l| l.starts_with("fpr:") && l.contains(&f.fingerprint)),
         "fingerprint {} not listed:\n{listing}",
         f.fingerprint
     );
@@ -165,7 +204,10 @@ fn gpg_imports_the_binary_keyring() {
     let pubrec = listing.lines().find(|l| l.starts_with("pub:")).unwrap();
     let fields: Vec<&str> = pubrec.split(':').collect();
     assert_eq!(fields[3], "22", "{pubrec}");
-    assert!(fields[11].contains('s') || fields[11].contains('S'), "key must be usable for signing: {pubrec}");
+    assert!(
+        fields[11].contains('s') || fields[11].contains('S'),
+        "key must be usable for signing: {pubrec}"
+    );
 }
 
 /// gpg signs, we verify: with a key gpg generated, and with our key
@@ -177,14 +219,29 @@ fn our_verifier_agrees_with_gpg_on_gpg_signatures() {
     let dir = tempfile::tempdir().unwrap();
     let gpg = || {
         let mut c = Command::new("gpg");
-        c.arg("--homedir")
-            .arg(home.path())
-            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""]);
+        c.arg("--homedir").arg(home.path()).args([
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ]);
         c
     };
-    run_ok(gpg().args(["--quick-gen-key", "GPG Made <gpg@example.org>", "ed25519", "sign", "never"]));
+    run_ok(gpg().args([
+        "--quick-gen-key",
+        "GPG Made <gpg@example.org>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
     let gpg_ring = dir.path().join("gpg-ring.gpg");
-    run_ok(gpg().arg("--output").arg(&gpg_ring).args(["--export", "gpg@example.org"]));
+    run_ok(
+        gpg()
+            .arg("--output")
+            .arg(&gpg_ring)
+            .args(["--export", "gpg@example.org"]),
+    );
 
     // Our key, imported into gpg as a secret key.
     let ours = dir.path().join("ours");
@@ -193,12 +250,29 @@ fn our_verifier_agrees_with_gpg_on_gpg_signatures() {
 
     let data = dir.path().join("SHA256SUMS");
     std::fs::write(&data, manifest_text()).unwrap();
-    for (user, ring) in [("gpg@example.org", &gpg_ring), ("ours@example.org", &g.pubring_path)] {
-        for (name, args) in [("bin.sig", vec!["--detach-sign"]), ("asc.sig", vec!["--detach-sign", "--armor"])] {
+    for (user, ring) in [
+        ("gpg@example.org", &gpg_ring),
+        ("ours@example.org", &g.pubring_path),
+    ] {
+        for (name, args) in [
+            ("bin.sig", vec!["--detach-sign"]),
+            ("asc.sig", vec!["--detach-sign", "--armor"]),
+        ] {
             let sig = dir.path().join(format!("{user}.{name}"));
-            run_ok(gpg().arg("--local-user").arg(user).args(&args).arg("--output").arg(&sig).arg(&data));
+            run_ok(
+                gpg()
+                    .arg("--local-user")
+                    .arg(user)
+                    .args(&args)
+                    .arg("--output")
+                    .arg(&sig)
+                    .arg(&data),
+            );
             let good = openpgp::verify_detached(&read(ring), &read(&data), &read(&sig));
-            assert!(good.is_ok(), "{user} {name}: we rejected a signature gpg made: {good:?}");
+            assert!(
+                good.is_ok(),
+                "{user} {name}: we rejected a signature gpg made: {good:?}"
+            );
             let (gpg_ok, log) = gpg_verify_like_sysupdate(ring, &sig, &data);
             assert!(gpg_ok, "{log}");
             let mut bad = read(&data);
@@ -206,7 +280,10 @@ fn our_verifier_agrees_with_gpg_on_gpg_signatures() {
             let bad_path = dir.path().join("bad");
             std::fs::write(&bad_path, &bad).unwrap();
             assert!(!gpg_verify_like_sysupdate(ring, &sig, &bad_path).0);
-            assert!(openpgp::verify_detached(&read(ring), &bad, &read(&sig)).is_err(), "{user} {name}: we accepted changed data");
+            assert!(
+                openpgp::verify_detached(&read(ring), &bad, &read(&sig)).is_err(),
+                "{user} {name}: we accepted changed data"
+            );
         }
     }
 }

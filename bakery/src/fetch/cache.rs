@@ -40,7 +40,8 @@ impl Cache {
     pub fn open_default() -> Result<Cache, FetchError> {
         Cache::default_root().map(Cache::new).ok_or_else(|| {
             FetchError::Invalid(
-                "cannot find a cache directory: set XDG_CACHE_HOME or HOME, or pass --cache-dir".into(),
+                "cannot find a cache directory: set XDG_CACHE_HOME or HOME, or pass --cache-dir"
+                    .into(),
             )
         })
     }
@@ -90,7 +91,8 @@ impl Cache {
     /// A new temporary file inside the cache (deleted when dropped).
     pub(crate) fn new_temp(&self) -> Result<NamedTempFile, FetchError> {
         let dir = self.tmp_dir();
-        fs::create_dir_all(&dir).map_err(|e| FetchError::io(&dir, "cannot create the cache directory", e))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| FetchError::io(&dir, "cannot create the cache directory", e))?;
         tempfile::Builder::new()
             .prefix("download-")
             .tempfile_in(&dir)
@@ -100,14 +102,23 @@ impl Cache {
     /// Moves a fully written temporary file whose digest the caller has
     /// computed (and checked) to its content address: fsync, read-only
     /// mode, rename, fsync of the directory.
-    pub(crate) fn commit(&self, tmp: NamedTempFile, digest: &Sha256Digest) -> Result<PathBuf, FetchError> {
+    pub(crate) fn commit(
+        &self,
+        tmp: NamedTempFile,
+        digest: &Sha256Digest,
+    ) -> Result<PathBuf, FetchError> {
         let path = self.path_for(digest);
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
-        fs::create_dir_all(&dir).map_err(|e| FetchError::io(&dir, "cannot create the cache directory", e))?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        fs::create_dir_all(&dir)
+            .map_err(|e| FetchError::io(&dir, "cannot create the cache directory", e))?;
         tmp.as_file()
             .sync_all()
             .map_err(|e| FetchError::io(tmp.path(), "cannot fsync download", e))?;
-        set_read_only(tmp.path()).map_err(|e| FetchError::io(tmp.path(), "cannot set mode of download", e))?;
+        set_read_only(tmp.path())
+            .map_err(|e| FetchError::io(tmp.path(), "cannot set mode of download", e))?;
         tmp.persist(&path)
             .map_err(|e| FetchError::io(&path, "cannot move download into the cache", e.error))?;
         if let Ok(d) = File::open(&dir) {
@@ -126,7 +137,9 @@ impl Cache {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = input.read(&mut buf).map_err(|e| FetchError::io(src, "cannot read", e))?;
+            let n = input
+                .read(&mut buf)
+                .map_err(|e| FetchError::io(src, "cannot read", e))?;
             if n == 0 {
                 break;
             }
@@ -185,7 +198,8 @@ mod tests {
         );
         assert_eq!(
             path,
-            dir.path().join("sha256/2c/2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+            dir.path()
+                .join("sha256/2c/2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
         );
         assert_eq!(cache.lookup_verified(&digest).unwrap(), Some(path.clone()));
         // Damage the entry: it is detected, removed, and reported absent.

@@ -48,7 +48,10 @@ pub struct ChecksumLine {
 
 /// Parses every non-empty, non-comment line of a checksum file.
 /// `source_name` (usually the URL) is used in error messages.
-pub fn parse_checksum_lines(text: &str, source_name: &str) -> Result<Vec<ChecksumLine>, ChecksumError> {
+pub fn parse_checksum_lines(
+    text: &str,
+    source_name: &str,
+) -> Result<Vec<ChecksumLine>, ChecksumError> {
     let mut out = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
         let line_no = idx + 1;
@@ -104,7 +107,11 @@ fn base_name(name: &str) -> &str {
 /// `file_name` (the `.sha256`-beside-the-file convention). Otherwise the
 /// line whose name (or its last path component) equals `file_name` is used;
 /// a single named line for another file is an error, not a silent match.
-pub fn find_checksum(text: &str, file_name: &str, source_name: &str) -> Result<Sha256Digest, ChecksumError> {
+pub fn find_checksum(
+    text: &str,
+    file_name: &str,
+    source_name: &str,
+) -> Result<Sha256Digest, ChecksumError> {
     let lines = parse_checksum_lines(text, source_name)?;
     if lines.is_empty() {
         return Err(ChecksumError::Empty {
@@ -145,7 +152,11 @@ pub fn find_checksum(text: &str, file_name: &str, source_name: &str) -> Result<S
         let mut names: Vec<&str> = lines.iter().filter_map(|l| l.name.as_deref()).collect();
         let more = names.len().saturating_sub(8);
         names.truncate(8);
-        let mut listed = names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+        let mut listed = names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         if more > 0 {
             listed.push_str(&format!(" and {more} more"));
         }
@@ -177,21 +188,36 @@ mod tests {
     fn named_digest_beside_the_file_must_name_it() {
         let text = format!("{A}  containerd-static-1.7.0-linux-amd64.tar.gz\n");
         assert_eq!(
-            find_checksum(&text, "containerd-static-1.7.0-linux-amd64.tar.gz", "u").unwrap().to_hex(),
+            find_checksum(&text, "containerd-static-1.7.0-linux-amd64.tar.gz", "u")
+                .unwrap()
+                .to_hex(),
             A
         );
-        let e = find_checksum(&text, "containerd-static-1.7.0-linux-arm64.tar.gz", "https://x/y.sha256sum")
-            .unwrap_err();
+        let e = find_checksum(
+            &text,
+            "containerd-static-1.7.0-linux-arm64.tar.gz",
+            "https://x/y.sha256sum",
+        )
+        .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("https://x/y.sha256sum") && msg.contains("linux-arm64"), "{msg}");
+        assert!(
+            msg.contains("https://x/y.sha256sum") && msg.contains("linux-arm64"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn picks_the_line_from_a_list() {
-        let text = format!("{A}  k3s\n{B} *k3s-arm64\n\n# comment\n{A}  ./k3s-airgap-images-amd64.tar\n");
+        let text =
+            format!("{A}  k3s\n{B} *k3s-arm64\n\n# comment\n{A}  ./k3s-airgap-images-amd64.tar\n");
         assert_eq!(find_checksum(&text, "k3s-arm64", "u").unwrap().to_hex(), B);
         assert_eq!(find_checksum(&text, "k3s", "u").unwrap().to_hex(), A);
-        assert_eq!(find_checksum(&text, "k3s-airgap-images-amd64.tar", "u").unwrap().to_hex(), A);
+        assert_eq!(
+            find_checksum(&text, "k3s-airgap-images-amd64.tar", "u")
+                .unwrap()
+                .to_hex(),
+            A
+        );
         let e = find_checksum(&text, "k3s-s390x", "u").unwrap_err();
         assert!(e.to_string().contains("\"k3s-arm64\""), "{e}");
     }
@@ -204,12 +230,30 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_line_numbers() {
-        let e = find_checksum(&format!("{A}  a\n<html>oops</html>\n"), "a", "https://h/x.txt").unwrap_err();
+        let e = find_checksum(
+            &format!("{A}  a\n<html>oops</html>\n"),
+            "a",
+            "https://h/x.txt",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("https://h/x.txt line 2"), "{e}");
         let e = find_checksum("md5deadbeef  a\n", "a", "u").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
-        assert!(matches!(find_checksum(" \n", "a", "u"), Err(ChecksumError::Empty { .. })));
+        assert!(matches!(
+            find_checksum(" \n", "a", "u"),
+            Err(ChecksumError::Empty { .. })
+        ));
         let e = find_checksum(&format!("{A}  a\n{B}  a\n"), "a", "u").unwrap_err();
-        assert!(matches!(e, ChecksumError::Conflicting { first: 1, second: 2, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ChecksumError::Conflicting {
+                    first: 1,
+                    second: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

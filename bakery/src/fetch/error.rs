@@ -112,7 +112,11 @@ fn attempts_note(attempts: u32) -> String {
 }
 
 impl FetchError {
-    pub(crate) fn io(path: impl Into<PathBuf>, message: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        message: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         FetchError::Io {
             path: path.into(),
             message,

@@ -33,7 +33,8 @@ impl std::fmt::Debug for GithubApi {
 impl Default for GithubApi {
     fn default() -> Self {
         GithubApi {
-            base: Url::parse("https://api.github.com/").unwrap_or_else(|_| unreachable!("constant URL")),
+            base: Url::parse("https://api.github.com/")
+                .unwrap_or_else(|_| unreachable!("constant URL")),
             token: None,
         }
     }
@@ -67,7 +68,9 @@ pub struct Asset {
 impl GithubApi {
     /// `https://api.github.com/` with `GITHUB_TOKEN` from the environment.
     pub fn from_env() -> GithubApi {
-        let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.trim().is_empty());
+        let token = std::env::var("GITHUB_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
         GithubApi {
             token,
             ..GithubApi::default()
@@ -100,7 +103,9 @@ impl GithubApi {
             let ok = !part.is_empty()
                 && part != "."
                 && part != ".."
-                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !ok {
                 return Err(FetchError::Invalid(format!(
                     "invalid GitHub {what} name {part:?}: use letters, digits, '-', '_' and '.'"
@@ -117,8 +122,14 @@ impl GithubApi {
 
     fn headers_for(&self, fetcher: &Fetcher, url: &Url) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
-        h.insert("X-GitHub-Api-Version", HeaderValue::from_static("2022-11-28"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        h.insert(
+            "X-GitHub-Api-Version",
+            HeaderValue::from_static("2022-11-28"),
+        );
         // The token goes only to the API host itself: not to a mirror that a
         // rule rewrote the URL to, and not to any other host a `next` link
         // might name.
@@ -136,7 +147,12 @@ impl GithubApi {
 
     /// Every published (non-draft, non-pre-release) release of
     /// `owner/repo`, in the order the API returns them (newest first).
-    pub async fn list_releases(&self, fetcher: &Fetcher, owner: &str, repo: &str) -> Result<Vec<Release>, FetchError> {
+    pub async fn list_releases(
+        &self,
+        fetcher: &Fetcher,
+        owner: &str,
+        repo: &str,
+    ) -> Result<Vec<Release>, FetchError> {
         let mut next = Some(self.releases_url(owner, repo)?);
         let mut seen = Vec::new();
         let mut out = Vec::new();
@@ -146,11 +162,14 @@ impl GithubApi {
                     "{url}: GitHub release pagination does not end (more than {MAX_PAGES} pages or a loop)"
                 )));
             }
-            let resp = fetcher.get_small(&url, self.headers_for(fetcher, &url), PAGE_LIMIT).await?;
-            let page: Vec<Release> = serde_json::from_slice(&resp.body).map_err(|e| FetchError::BadJson {
-                url: resp.url.clone(),
-                message: format!("{e} (expected a JSON array of releases)"),
-            })?;
+            let resp = fetcher
+                .get_small(&url, self.headers_for(fetcher, &url), PAGE_LIMIT)
+                .await?;
+            let page: Vec<Release> =
+                serde_json::from_slice(&resp.body).map_err(|e| FetchError::BadJson {
+                    url: resp.url.clone(),
+                    message: format!("{e} (expected a JSON array of releases)"),
+                })?;
             out.extend(page.into_iter().filter(|r| !r.draft && !r.prerelease));
             next = next_link(&resp.headers, &url)?;
             seen.push(url);
@@ -165,7 +184,9 @@ fn next_link(headers: &HeaderMap, base: &Url) -> Result<Option<Url>, FetchError>
         let Ok(text) = value.to_str() else { continue };
         for part in text.split(',') {
             let mut pieces = part.split(';');
-            let Some(target) = pieces.next() else { continue };
+            let Some(target) = pieces.next() else {
+                continue;
+            };
             let is_next = pieces.any(|p| {
                 let p = p.trim();
                 p.strip_prefix("rel=")

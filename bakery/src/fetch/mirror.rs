@@ -88,7 +88,9 @@ fn check_prefix(prefix: &str, which: &'static str, origin: &str) -> Result<Strin
         return Err(bad("only http:// and https:// are supported"));
     }
     if !prefix.ends_with('/') {
-        return Err(bad("must end with '/' so that it only matches whole path segments"));
+        return Err(bad(
+            "must end with '/' so that it only matches whole path segments",
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("must not contain '?' or '#'"));
@@ -226,11 +228,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            set.rewrite(&url("https://github.com/k3s-io/k3s/releases/download/v1/k3s")).as_str(),
+            set.rewrite(&url(
+                "https://github.com/k3s-io/k3s/releases/download/v1/k3s"
+            ))
+            .as_str(),
             "http://127.0.0.1:9/k3s/k3s/releases/download/v1/k3s"
         );
         assert_eq!(
-            set.rewrite(&url("https://github.com/rancher/rke2/x")).as_str(),
+            set.rewrite(&url("https://github.com/rancher/rke2/x"))
+                .as_str(),
             "http://127.0.0.1:9/gh/rancher/rke2/x"
         );
         assert_eq!(
@@ -243,7 +249,8 @@ mod tests {
     fn does_not_match_inside_a_host_name() {
         let set = MirrorSet::from_flags(&["https://dl.k8s.io/=http://127.0.0.1:9/k/"]).unwrap();
         assert_eq!(
-            set.rewrite(&url("https://dl.k8s.io.evil.example/x")).as_str(),
+            set.rewrite(&url("https://dl.k8s.io.evil.example/x"))
+                .as_str(),
             "https://dl.k8s.io.evil.example/x"
         );
     }

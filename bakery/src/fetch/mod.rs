@@ -97,7 +97,11 @@ impl FetchRequest {
             .filter(|s| !s.is_empty())
             .unwrap_or(url.as_str())
             .to_string();
-        Ok(FetchRequest { url, expected, label })
+        Ok(FetchRequest {
+            url,
+            expected,
+            label,
+        })
     }
 
     pub fn pinned(url: &str, digest: Sha256Digest) -> Result<FetchRequest, FetchError> {
@@ -193,7 +197,10 @@ impl Partial {
         let io = |e| FetchError::io(path, "cannot truncate download", e);
         self.file.flush().await.map_err(io)?;
         self.file.set_len(0).await.map_err(io)?;
-        self.file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+        self.file
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(io)?;
         self.hasher = Sha256::new();
         self.written = 0;
         self.validator = None;
@@ -204,7 +211,9 @@ impl Partial {
 impl Fetcher {
     pub fn new(cache: Cache, opts: FetchOptions) -> Result<Fetcher, FetchError> {
         if opts.concurrency == 0 {
-            return Err(FetchError::Invalid("fetch concurrency must be at least 1".into()));
+            return Err(FetchError::Invalid(
+                "fetch concurrency must be at least 1".into(),
+            ));
         }
         let client = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
@@ -273,7 +282,8 @@ impl Fetcher {
             Some(d) => d.to_hex(),
             None => r.url.to_string(),
         };
-        let mut first_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut first_of: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
         let mut dup_of: Vec<Option<usize>> = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
             match first_of.get(&key(r)) {
@@ -292,7 +302,8 @@ impl Fetcher {
                 set.spawn(async move { (i, this.fetch_with_id(i, &r).await) });
             }
         }
-        let mut results: Vec<Option<Result<Fetched, FetchError>>> = (0..reqs.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Result<Fetched, FetchError>>> =
+            (0..reqs.len()).map(|_| None).collect();
         while let Some(joined) = set.join_next().await {
             match joined {
                 Ok((i, res)) => results[i] = Some(res),
@@ -393,10 +404,16 @@ impl Fetcher {
         let max_attempts = self.inner.opts.retries.saturating_add(1);
         let mut attempt = 1;
         loop {
-            match self.attempt(id, req, &effective, &label, tmp.path(), &mut partial).await {
+            match self
+                .attempt(id, req, &effective, &label, tmp.path(), &mut partial)
+                .await
+            {
                 Ok(()) => break,
                 Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Transient { message, retry_after }) => {
+                Err(Attempt::Transient {
+                    message,
+                    retry_after,
+                }) => {
                     if attempt >= max_attempts {
                         return Err(FetchError::Network {
                             url: label,
@@ -455,9 +472,10 @@ impl Fetcher {
 
     fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let o = &self.inner.opts;
-        let exp = o
-            .backoff_initial
-            .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX));
+        let exp = o.backoff_initial.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
         retry_after.unwrap_or(exp).min(o.backoff_max)
     }
 
@@ -568,10 +586,9 @@ impl Fetcher {
                 }));
             }
             p.hasher.update(&chunk);
-            p.file
-                .write_all(&chunk)
-                .await
-                .map_err(|e| Attempt::Fatal(FetchError::io(tmp_path, "cannot write download", e)))?;
+            p.file.write_all(&chunk).await.map_err(|e| {
+                Attempt::Fatal(FetchError::io(tmp_path, "cannot write download", e))
+            })?;
             p.written += chunk.len() as u64;
             self.emit(Event::Progress {
                 id,
@@ -593,13 +610,21 @@ impl Fetcher {
     /// GETs a small resource (checksum file, API JSON) into memory, with
     /// the same mirror rewriting and retries as downloads, refusing bodies
     /// over `limit` bytes. Not cached: these resources change upstream.
-    pub async fn get_small(&self, url: &Url, headers: HeaderMap, limit: u64) -> Result<SmallResponse, FetchError> {
+    pub async fn get_small(
+        &self,
+        url: &Url,
+        headers: HeaderMap,
+        limit: u64,
+    ) -> Result<SmallResponse, FetchError> {
         let effective = self.effective_url(url);
         let label = UrlLabel::new(url, &effective);
         let max_attempts = self.inner.opts.retries.saturating_add(1);
         let mut attempt = 1;
         loop {
-            match self.small_attempt(&effective, &label, headers.clone(), limit).await {
+            match self
+                .small_attempt(&effective, &label, headers.clone(), limit)
+                .await
+            {
                 Ok((headers, body)) => {
                     return Ok(SmallResponse {
                         url: label,
@@ -608,7 +633,10 @@ impl Fetcher {
                     })
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Transient { message, retry_after }) => {
+                Err(Attempt::Transient {
+                    message,
+                    retry_after,
+                }) => {
                     if attempt >= max_attempts {
                         return Err(FetchError::Network {
                             url: label,
@@ -692,10 +720,15 @@ impl Fetcher {
 
     /// Fetches a checksum file (`.sha256`, `.sha256sum`, `sha256sum-ARCH.txt`)
     /// and returns the digest it gives for `file_name`.
-    pub async fn fetch_checksum(&self, url: &Url, file_name: &str) -> Result<Sha256Digest, FetchError> {
+    pub async fn fetch_checksum(
+        &self,
+        url: &Url,
+        file_name: &str,
+    ) -> Result<Sha256Digest, FetchError> {
         let resp = self.get_small(url, HeaderMap::new(), 1 << 20).await?;
         let source = resp.url.to_string();
-        let text = String::from_utf8(resp.body).map_err(|_| FetchError::NotText { url: resp.url })?;
+        let text =
+            String::from_utf8(resp.body).map_err(|_| FetchError::NotText { url: resp.url })?;
         Ok(find_checksum(&text, file_name, &source)?)
     }
 }
@@ -816,12 +849,16 @@ mod tests {
         assert_eq!(f.backoff(3, None), Duration::from_millis(400));
         assert_eq!(f.backoff(4, None), Duration::from_millis(500));
         assert_eq!(f.backoff(40, None), Duration::from_millis(500));
-        assert_eq!(f.backoff(1, Some(Duration::from_secs(60))), Duration::from_millis(500));
+        assert_eq!(
+            f.backoff(1, Some(Duration::from_secs(60))),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]
     fn request_labels_and_url_checks() {
-        let r = FetchRequest::unpinned("https://dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl").unwrap();
+        let r =
+            FetchRequest::unpinned("https://dl.k8s.io/v1.30.4/bin/linux/amd64/kubectl").unwrap();
         assert_eq!(r.label, "kubectl");
         assert!(FetchRequest::unpinned("file:///etc/passwd").is_err());
         assert!(FetchRequest::unpinned("not a url").is_err());

@@ -16,7 +16,11 @@ use sysupdate::Sha256Digest;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The bytes are already in the cache; nothing is downloaded.
-    CacheHit { id: usize, label: String, bytes: u64 },
+    CacheHit {
+        id: usize,
+        label: String,
+        bytes: u64,
+    },
     /// A request was sent (`offset` > 0 when resuming with `Range`).
     Started {
         id: usize,
@@ -26,7 +30,11 @@ pub enum Event {
         total: Option<u64>,
     },
     /// Bytes received so far for this download.
-    Progress { id: usize, done: u64, total: Option<u64> },
+    Progress {
+        id: usize,
+        done: u64,
+        total: Option<u64>,
+    },
     /// A transient failure; the download is retried after `delay`.
     Retrying {
         id: usize,
@@ -45,7 +53,11 @@ pub enum Event {
         digest: Sha256Digest,
     },
     /// Gave up (the error is also returned to the caller).
-    Failed { id: usize, label: String, error: String },
+    Failed {
+        id: usize,
+        label: String,
+        error: String,
+    },
 }
 
 /// Where events go. Called from download tasks, possibly concurrently.
@@ -115,7 +127,9 @@ impl Renderer {
 fn plain_line(event: &Event) -> Option<String> {
     Some(match event {
         Event::CacheHit { label, bytes, .. } => format!("cached     {label} ({})", human(*bytes)),
-        Event::Started { label, url, offset, .. } if *offset > 0 => {
+        Event::Started {
+            label, url, offset, ..
+        } if *offset > 0 => {
             format!("resuming   {label} at {} from {url}", human(*offset))
         }
         Event::Started { label, url, .. } => format!("fetching   {label} from {url}"),
@@ -129,16 +143,21 @@ fn plain_line(event: &Event) -> Option<String> {
         } => format!("retrying   {label} (attempt {attempt}) in {delay:?}: {reason}"),
         Event::Restarted { label, .. } => format!("restarting {label}: the server does not resume"),
         Event::Finished {
-            label, bytes, digest, ..
+            label,
+            bytes,
+            digest,
+            ..
         } => format!("fetched    {label} ({}, sha256 {digest})", human(*bytes)),
         Event::Failed { label, error, .. } => format!("failed     {label}: {error}"),
     })
 }
 
 fn render_bar(multi: &MultiProgress, bars: &mut HashMap<usize, ProgressBar>, event: &Event) {
-    let style = ProgressStyle::with_template("{prefix:>24.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{prefix:>24.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     let mut bar_for = |id: usize, label: &str| {
         bars.entry(id)
             .or_insert_with(|| {
@@ -189,7 +208,9 @@ fn render_bar(multi: &MultiProgress, bars: &mut HashMap<usize, ProgressBar>, eve
             bar.set_message("restarting");
         }
         Event::Finished { id, label, .. } => bar_for(*id, label).finish_with_message("ok"),
-        Event::Failed { id, label, error } => bar_for(*id, label).abandon_with_message(format!("failed: {error}")),
+        Event::Failed { id, label, error } => {
+            bar_for(*id, label).abandon_with_message(format!("failed: {error}"))
+        }
     }
 }
 
@@ -261,6 +282,9 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].contains("fetching") && lines[0].contains("https://dl.k8s.io/x/kubectl"));
-        assert!(lines[1].contains("3.0 MiB") && lines[1].contains("abababab"), "{text}");
+        assert!(
+            lines[1].contains("3.0 MiB") && lines[1].contains("abababab"),
+            "{text}"
+        );
     }
 }

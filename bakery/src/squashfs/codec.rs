@@ -41,7 +41,8 @@ pub(crate) fn compressor_options(opts: &Resolved) -> Option<Vec<u8>> {
 enum Engine {
     Zstd(zstd::bulk::Compressor<'static>),
     Gzip(Compress),
-    Xz(LzmaOptions),
+    /// Preset and dictionary size (`LzmaOptions` itself is not `Send`).
+    Xz { preset: u32, dict: u32 },
     Lz4,
 }
 
@@ -71,9 +72,12 @@ impl Codec {
             }
             Compression::Xz => {
                 let preset = opts.level.unwrap_or(6) as u32;
-                let mut o = LzmaOptions::new_preset(preset).map_err(|e| fail(e.to_string()))?;
-                o.dict_size(opts.block_size.max(8192));
-                Engine::Xz(o)
+                // Checked here so a bad preset fails before any work.
+                LzmaOptions::new_preset(preset).map_err(|e| fail(e.to_string()))?;
+                Engine::Xz {
+                    preset,
+                    dict: opts.block_size.max(8192),
+                }
             }
             Compression::Lz4 => Engine::Lz4,
         };
@@ -119,9 +123,11 @@ impl Codec {
                     }
                 }
             }
-            Engine::Xz(o) => {
+            Engine::Xz { preset, dict } => {
+                let mut o = LzmaOptions::new_preset(*preset).map_err(|e| fail(e.to_string()))?;
+                o.dict_size(*dict);
                 let mut filters = Filters::new();
-                filters.lzma2(o);
+                filters.lzma2(&o);
                 let mut s = Stream::new_stream_encoder(&filters, Check::Crc32)
                     .map_err(|e| fail(e.to_string()))?;
                 dst.reserve(src.len() + src.len() / 64 + 128);

@@ -213,8 +213,8 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("Ignoring {}: {}", s.path.display(), s.reason);
             }
         }
-        Command::Merge | Command::Refresh => {
-            let refresh = matches!(cli.command, Some(Command::Refresh));
+        cmd @ (Command::Merge | Command::Refresh) => {
+            let refresh = matches!(cmd, Command::Refresh);
             let r = if refresh {
                 runtime::refresh(&opts).context("refresh")?
             } else {
