@@ -10,11 +10,13 @@ packages=(
   cryptsetup-bin    # veritysetup
   fdisk             # sfdisk
   systemd-container # systemd-dissect
-  openssl gpg       # signature oracles
+  systemd           # systemd-sysext (merge oracle)
+  openssl gpg gpgv  # signature oracles
   ignition          # ignition-validate
   libssl-dev pkg-config
   util-linux        # unshare, losetup
   python3
+  libc6-arm64-cross binutils # a real aarch64 ELF (ld.so) for the arch lint; readelf oracle
 )
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive

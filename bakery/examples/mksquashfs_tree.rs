@@ -29,13 +29,15 @@ fn dir_node(path: &Path) -> Result<DirNode> {
     for e in fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
         let e = e.with_context(|| format!("cannot list {}", path.display()))?;
         let p = e.path();
-        let md = fs::symlink_metadata(&p).with_context(|| format!("cannot stat {}", p.display()))?;
+        let md =
+            fs::symlink_metadata(&p).with_context(|| format!("cannot stat {}", p.display()))?;
         let name = EntryName::new(e.file_name().into_encoded_bytes())?;
         let ft = md.file_type();
         let child = if ft.is_dir() {
             Node::Dir(dir_node(&p)?)
         } else if ft.is_symlink() {
-            let target = fs::read_link(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            let target =
+                fs::read_link(&p).with_context(|| format!("cannot read {}", p.display()))?;
             Node::Symlink(SymlinkNode {
                 target: target.into_os_string().into_encoded_bytes(),
             })
@@ -45,7 +47,10 @@ fn dir_node(path: &Path) -> Result<DirNode> {
                 content: FileContent::Path(p),
             })
         } else {
-            bail!("{} is neither a file, a directory nor a symlink", p.display());
+            bail!(
+                "{} is neither a file, a directory nor a symlink",
+                p.display()
+            );
         };
         node.entries.insert(name, child);
     }
@@ -62,7 +67,9 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--comp" => opts.compression = value("--comp")?.parse()?,
             "--level" => opts.level = Some(value("--level")?.parse().context("--level")?),
-            "--block-size" => opts.block_size = value("--block-size")?.parse().context("--block-size")?,
+            "--block-size" => {
+                opts.block_size = value("--block-size")?.parse().context("--block-size")?
+            }
             "--threads" => opts.threads = value("--threads")?.parse().context("--threads")?,
             "--mtime" => mtime = value("--mtime")?.parse().context("--mtime")?,
             "-h" | "--help" => {
@@ -82,7 +89,10 @@ fn main() -> Result<()> {
         mtime,
     };
     let scanned = t0.elapsed();
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(parent)
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
     let stats = write_squashfs(&tree, tmp.as_file_mut(), &opts)

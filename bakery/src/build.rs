@@ -87,10 +87,7 @@ pub enum BuildError {
         err: std::io::Error,
     },
     #[error("cannot write the squashfs image {}: {err}", .path.display())]
-    Squashfs {
-        path: PathBuf,
-        err: SquashfsError,
-    },
+    Squashfs { path: PathBuf, err: SquashfsError },
     /// Image options that cannot work (checked before any output is made).
     #[error("{0}")]
     Options(SquashfsError),
@@ -104,11 +101,7 @@ pub enum BuildError {
 
 fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
     let path = path.to_path_buf();
-    move |err| BuildError::Io {
-        path,
-        action,
-        err,
-    }
+    move |err| BuildError::Io { path, action, err }
 }
 
 /// Loads the recipe in `recipe_dir` and builds it.
@@ -150,7 +143,10 @@ pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport,
             .prefix(&format!(".{file_name}."))
             .suffix(".tmp")
             .tempfile_in(out)
-            .map_err(io(out, "cannot create a temporary file in the output directory"))?;
+            .map_err(io(
+                out,
+                "cannot create a temporary file in the output directory",
+            ))?;
         write_squashfs(tree, tmp.as_file_mut(), &opts.squashfs).map_err(|err| {
             BuildError::Squashfs {
                 path: final_path.clone(),
@@ -159,12 +155,15 @@ pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport,
         })?;
         let tmp_path = tmp.path().to_path_buf();
         let (size, sha256) = finish_file(tmp.as_file_mut(), &tmp_path)?;
-        pending.push((tmp, BuiltImage {
-            arch: *arch,
-            path: final_path,
-            size,
-            sha256,
-        }));
+        pending.push((
+            tmp,
+            BuiltImage {
+                arch: *arch,
+                path: final_path,
+                size,
+                sha256,
+            },
+        ));
     }
 
     // All images are complete: move them into place.
@@ -211,7 +210,8 @@ fn finish_file(file: &mut File, path: &Path) -> Result<(u64, Sha256Digest), Buil
     file.set_permissions(fs::Permissions::from_mode(OUTPUT_MODE))
         .map_err(io(path, "cannot set permissions"))?;
     file.sync_all().map_err(io(path, "cannot fsync"))?;
-    file.seek(SeekFrom::Start(0)).map_err(io(path, "cannot seek"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io(path, "cannot seek"))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -280,7 +280,9 @@ pub fn update_sha256sums(
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(OUTPUT_MODE))
         .map_err(io(tmp.path(), "cannot set permissions"))?;
-    tmp.as_file().sync_all().map_err(io(tmp.path(), "cannot fsync"))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io(tmp.path(), "cannot fsync"))?;
     tmp.persist(path).map_err(|e| BuildError::Io {
         path: path.to_path_buf(),
         action: "cannot rename into place",
@@ -294,7 +296,9 @@ fn parse_sums_line(line: &str) -> Option<&str> {
     let hex = line.get(..64)?;
     hex.parse::<Sha256Digest>().ok()?;
     let rest = line.get(64..)?;
-    let name = rest.strip_prefix("  ").or_else(|| rest.strip_prefix(" *"))?;
+    let name = rest
+        .strip_prefix("  ")
+        .or_else(|| rest.strip_prefix(" *"))?;
     (!name.is_empty()).then_some(name)
 }
 
@@ -312,14 +316,32 @@ mod tests {
         let p = t.path().join(SHA256SUMS);
         let other = format!("{}  zzz-1-x86-64.raw\n{} *aaa.raw\n", digest(1), digest(2));
         fs::write(&p, &other).unwrap();
-        update_sha256sums(&p, &[("mmm.raw".into(), digest(3)), ("zzz-1-x86-64.raw".into(), digest(4))]).unwrap();
+        update_sha256sums(
+            &p,
+            &[
+                ("mmm.raw".into(), digest(3)),
+                ("zzz-1-x86-64.raw".into(), digest(4)),
+            ],
+        )
+        .unwrap();
         let text = fs::read_to_string(&p).unwrap();
         assert_eq!(
             text,
-            format!("{} *aaa.raw\n{}  mmm.raw\n{}  zzz-1-x86-64.raw\n", digest(2), digest(3), digest(4))
+            format!(
+                "{} *aaa.raw\n{}  mmm.raw\n{}  zzz-1-x86-64.raw\n",
+                digest(2),
+                digest(3),
+                digest(4)
+            )
         );
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
-        let leftovers: Vec<_> = fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        let leftovers: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     }
 
@@ -328,7 +350,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join(SHA256SUMS);
         fs::write(&p, format!("{}  ok.raw\nnot a line\n", digest(1))).unwrap();
-        let e = update_sha256sums(&p, &[("x.raw".into(), digest(3))]).unwrap_err().to_string();
+        let e = update_sha256sums(&p, &[("x.raw".into(), digest(3))])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SHA256SUMS:2: not a SHA256SUMS line"), "{e}");
     }
 }

@@ -116,7 +116,9 @@ pub struct OsToken(String);
 
 /// Text that cannot be an os-release token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value {0:?}: os-release allows only lowercase letters, digits, '.', '_' and '-' here")]
+#[error(
+    "invalid value {0:?}: os-release allows only lowercase letters, digits, '.', '_' and '-' here"
+)]
 pub struct BadOsToken(pub String);
 
 impl OsToken {
@@ -274,7 +276,11 @@ impl UnitName {
             "timer" => UnitKind::Timer,
             "path" => UnitKind::Path,
             "target" => UnitKind::Target,
-            _ => return bad("only .service, .socket, .timer, .path and .target units can be started"),
+            _ => {
+                return bad(
+                    "only .service, .socket, .timer, .path and .target units can be started",
+                )
+            }
         };
         let prefix = stem.split('@').next().unwrap_or_default();
         if prefix.is_empty() || stem.matches('@').count() > 1 {
@@ -353,10 +359,7 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("cannot read recipe {path}: {err} (a recipe is a directory holding recipe.toml)")]
-    Read {
-        path: PathBuf,
-        err: std::io::Error,
-    },
+    Read { path: PathBuf, err: std::io::Error },
     #[error("{location}: {}{message}{}", key_prefix(.key), help_suffix(.help))]
     Invalid {
         location: Location,
@@ -368,7 +371,9 @@ pub enum RecipeError {
 }
 
 fn key_prefix(key: &Option<String>) -> String {
-    key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default()
+    key.as_ref()
+        .map(|k| format!("key `{k}`: "))
+        .unwrap_or_default()
 }
 
 fn help_suffix(help: &Option<String>) -> String {
@@ -448,8 +453,11 @@ impl Recipe {
     /// Validates the text of `DIR/recipe.toml` (errors name that path).
     pub fn parse(dir: &Path, text: &str) -> Result<Recipe, RecipeError> {
         let file = dir.join(RECIPE_FILE);
-        let ctx = Ctx { file: &file, src: text };
-        let raw: RawRecipe = toml::from_str(text).map_err(|e| ctx.from_toml(&e))?;
+        let ctx = Ctx {
+            file: &file,
+            src: text,
+        };
+        let raw: RawRecipe = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
         ctx.validate(dir, raw)
     }
 
@@ -529,7 +537,7 @@ impl Ctx<'_> {
 
     /// Turns a TOML syntax or shape error into a located error, naming the
     /// key the span sits on where the message does not already.
-    fn from_toml(&self, e: &toml::de::Error) -> RecipeError {
+    fn toml_error(&self, e: &toml::de::Error) -> RecipeError {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_string();
         let (key, help) = if let Some(rest) = message.strip_prefix("unknown field `") {
@@ -549,11 +557,7 @@ impl Ctx<'_> {
         } else {
             (key_at(self.src, span.start), None)
         };
-        let message = message
-            .lines()
-            .next()
-            .unwrap_or("invalid TOML")
-            .to_string();
+        let message = message.lines().next().unwrap_or("invalid TOML").to_string();
         RecipeError::Invalid {
             location: Location::at(self.file, self.src, span.start),
             key,
@@ -575,7 +579,9 @@ impl Ctx<'_> {
             )
         })?;
 
-        let version = raw.version.ok_or_else(|| self.missing("version", "\"1.0.0\""))?;
+        let version = raw
+            .version
+            .ok_or_else(|| self.missing("version", "\"1.0.0\""))?;
         let version = Version::new(version.get_ref().clone()).map_err(|e| {
             self.err(
                 version.span(),
@@ -660,10 +666,9 @@ impl Ctx<'_> {
                 }
                 let mut out = Vec::new();
                 for item in items {
-                    let s: Scope = item
-                        .get_ref()
-                        .parse()
-                        .map_err(|e: BadScope| self.err(item.span(), "scope", e.to_string(), None))?;
+                    let s: Scope = item.get_ref().parse().map_err(|e: BadScope| {
+                        self.err(item.span(), "scope", e.to_string(), None)
+                    })?;
                     if out.contains(&s) {
                         return Err(self.err(
                             item.span(),
@@ -681,9 +686,8 @@ impl Ctx<'_> {
         let mut units = Units::default();
         if let Some(raw_units) = raw.units {
             for item in raw_units.into_inner().start.unwrap_or_default() {
-                let unit = UnitName::new(item.get_ref().clone()).map_err(|e| {
-                    self.err(item.span(), "units.start", e.to_string(), None)
-                })?;
+                let unit = UnitName::new(item.get_ref().clone())
+                    .map_err(|e| self.err(item.span(), "units.start", e.to_string(), None))?;
                 if units.start.iter().any(|u| u.unit == unit) {
                     return Err(self.err(
                         item.span(),
@@ -758,7 +762,10 @@ impl Ctx<'_> {
         };
         let id = token(&os, "os").map_err(|e| match e {
             RecipeError::Invalid {
-                location, key, message, ..
+                location,
+                key,
+                message,
+                ..
             } => RecipeError::Invalid {
                 location,
                 key,
@@ -769,8 +776,14 @@ impl Ctx<'_> {
         })?;
         Ok(OsMatch::Os {
             id,
-            sysext_level: sysext_level.as_ref().map(|v| token(v, "sysext-level")).transpose()?,
-            version_id: version_id.as_ref().map(|v| token(v, "version-id")).transpose()?,
+            sysext_level: sysext_level
+                .as_ref()
+                .map(|v| token(v, "sysext-level"))
+                .transpose()?,
+            version_id: version_id
+                .as_ref()
+                .map(|v| token(v, "version-id"))
+                .transpose()?,
         })
     }
 }
@@ -855,7 +868,10 @@ mod tests {
         assert_eq!(r.units.start.len(), 3);
         assert_eq!(r.units.start[1].unit.kind(), UnitKind::Socket);
         assert_eq!(r.units.start[2].location.line, 10);
-        assert_eq!(r.units.start[2].unit.template().as_deref(), Some("b@.service"));
+        assert_eq!(
+            r.units.start[2].unit.template().as_deref(),
+            Some("b@.service")
+        );
     }
 
     fn err_text(text: &str) -> String {
@@ -868,13 +884,19 @@ mod tests {
         assert!(e.starts_with("r/recipe.toml:4:1: key `nmae`:"), "{e}");
         assert!(e.contains("check the spelling"), "{e}");
         let e = err_text(&format!("{MIN}[units]\nstart = []\nenable = []\n"));
-        assert!(e.starts_with("r/recipe.toml:6:1: key `units.enable`:"), "{e}");
+        assert!(
+            e.starts_with("r/recipe.toml:6:1: key `units.enable`:"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_arch_names_line_and_key() {
         let e = err_text(&format!("{MIN}architectures = [\"x86-64\", \"amd64\"]\n"));
-        assert!(e.starts_with("r/recipe.toml:4:28: key `architectures`:"), "{e}");
+        assert!(
+            e.starts_with("r/recipe.toml:4:28: key `architectures`:"),
+            "{e}"
+        );
         assert!(e.contains("\"amd64\""), "{e}");
         assert!(e.contains("not amd64"), "{e}");
     }
@@ -882,7 +904,10 @@ mod tests {
     #[test]
     fn missing_name() {
         let e = err_text("version = \"1\"\ndescription = \"d\"\n");
-        assert!(e.starts_with("r/recipe.toml:1:1: key `name`: required key is missing"), "{e}");
+        assert!(
+            e.starts_with("r/recipe.toml:1:1: key `name`: required key is missing"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -890,13 +915,50 @@ mod tests {
         let e = err_text("name = 5\nversion = \"1\"\ndescription = \"d\"\n");
         assert!(e.starts_with("r/recipe.toml:1:8: key `name`:"), "{e}");
         let e = err_text(&format!("{MIN}reload-manager = \"yes\"\n"));
-        assert!(e.starts_with("r/recipe.toml:4:18: key `reload-manager`:"), "{e}");
+        assert!(
+            e.starts_with("r/recipe.toml:4:18: key `reload-manager`:"),
+            "{e}"
+        );
     }
 
     #[test]
     fn syntax_error_is_located() {
         let e = err_text("name = \"hello\nversion = 1\n");
         assert!(e.starts_with("r/recipe.toml:1:"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_locates_errors(text in "\\PC{0,40}(\n\\PC{0,40}){0,6}") {
+            if let Err(RecipeError::Invalid { location, .. }) = parse(&text) {
+                let lines = text.split('\n').count();
+                proptest::prop_assert!(location.line >= 1 && location.line <= lines.max(1));
+                proptest::prop_assert!(location.column >= 1);
+            }
+        }
+
+        #[test]
+        fn bad_values_are_blamed_on_their_key(
+            key in proptest::sample::select(vec!["name", "version", "description", "os", "sysext-level", "version-id"]),
+            value in "\\PC{0,30}",
+        ) {
+            let mut lines = vec![
+                ("name", "\"hello\"".to_string()),
+                ("version", "\"1.0\"".to_string()),
+                ("description", "\"d\"".to_string()),
+            ];
+            let quoted = toml::Value::String(value).to_string();
+            match lines.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = quoted,
+                None => lines.push((key, quoted)),
+            }
+            let text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            match parse(&text) {
+                Ok(r) => proptest::prop_assert!(ExtensionName::new(r.name.as_str()).is_ok()),
+                Err(RecipeError::Invalid { key: k, .. }) => proptest::prop_assert_eq!(k.as_deref(), Some(key)),
+                Err(e) => proptest::prop_assert!(false, "unexpected {e}"),
+            }
+        }
     }
 
     #[test]
@@ -908,7 +970,10 @@ mod tests {
             assert!(ExtensionName::new(good).is_ok(), "{good:?}");
         }
         let e = err_text("name = \"../evil\"\nversion = \"1\"\ndescription = \"d\"\n");
-        assert!(e.starts_with("r/recipe.toml:1:8: key `name`: invalid extension name"), "{e}");
+        assert!(
+            e.starts_with("r/recipe.toml:1:8: key `name`: invalid extension name"),
+            "{e}"
+        );
         let e = err_text("name = \"a\"\nversion = \"1 2\"\ndescription = \"d\"\n");
         assert!(e.starts_with("r/recipe.toml:2:11: key `version`:"), "{e}");
     }
@@ -926,17 +991,30 @@ mod tests {
 
     #[test]
     fn unit_names() {
-        for bad in ["", "x", "x.mount", "@.service", "a@.service", "a b.service", "a@b@c.service"] {
+        for bad in [
+            "",
+            "x",
+            "x.mount",
+            "@.service",
+            "a@.service",
+            "a b.service",
+            "a@b@c.service",
+        ] {
             assert!(UnitName::new(bad).is_err(), "{bad:?}");
         }
         let e = err_text(&format!("{MIN}[units]\nstart = [\"hello\"]\n"));
-        assert!(e.starts_with("r/recipe.toml:5:10: key `units.start`:"), "{e}");
+        assert!(
+            e.starts_with("r/recipe.toml:5:10: key `units.start`:"),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicates_and_empties() {
         assert!(err_text(&format!("{MIN}architectures = []\n")).contains("empty"));
-        assert!(err_text(&format!("{MIN}architectures = [\"arm64\", \"arm64\"]\n")).contains("twice"));
+        assert!(
+            err_text(&format!("{MIN}architectures = [\"arm64\", \"arm64\"]\n")).contains("twice")
+        );
         assert!(err_text(&format!("{MIN}scope = []\n")).contains("empty"));
         assert!(err_text(&format!("{MIN}scope = [\"host\"]\n")).contains("key `scope`"));
         assert!(err_text(&format!("{MIN}description = \"\"\n")).contains("duplicate key"));

@@ -57,7 +57,7 @@ impl ReleaseFile {
             if !valid_key {
                 return Err(err("invalid key: use letters, digits and '_'"));
             }
-            let value = unquote(value.trim()).map_err(|r| err(r))?;
+            let value = unquote(value.trim()).map_err(err)?;
             out.set(key, value);
         }
         Ok(out)
@@ -184,9 +184,13 @@ fn unquote(v: &str) -> Result<String, &'static str> {
 
 fn quote(v: &str) -> String {
     let plain = !v.is_empty()
-        && v
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | ',' | ':' | '/' | '@' | '%' | '~' | '^'));
+        && v.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    '.' | '_' | '-' | '+' | ',' | ':' | '/' | '@' | '%' | '~' | '^'
+                )
+        });
     if plain {
         return v.to_string();
     }
@@ -245,7 +249,8 @@ pub fn check_compatible(ext: &ReleaseFile, host: Host<'_>) -> Result<(), Incompa
     }
     if let Some(a) = ext
         .get("ARCHITECTURE")
-        .filter(|a| !a.is_empty() && *a != "_any") {
+        .filter(|a| !a.is_empty() && *a != "_any")
+    {
         if a != host.arch.as_str() {
             return Err(Incompatible::Architecture {
                 ext: a.to_string(),
@@ -253,7 +258,10 @@ pub fn check_compatible(ext: &ReleaseFile, host: Host<'_>) -> Result<(), Incompa
             });
         }
     }
-    let id = ext.get("ID").filter(|s| !s.is_empty()).ok_or(Incompatible::NoId)?;
+    let id = ext
+        .get("ID")
+        .filter(|s| !s.is_empty())
+        .ok_or(Incompatible::NoId)?;
     if id == "_any" {
         return Ok(());
     }
@@ -265,7 +273,10 @@ pub fn check_compatible(ext: &ReleaseFile, host: Host<'_>) -> Result<(), Incompa
         });
     }
     let host_version = host.os_release.get("VERSION_ID").filter(|s| !s.is_empty());
-    let host_level = host.os_release.get("SYSEXT_LEVEL").filter(|s| !s.is_empty());
+    let host_level = host
+        .os_release
+        .get("SYSEXT_LEVEL")
+        .filter(|s| !s.is_empty());
     if host_version.is_none() && host_level.is_none() {
         return Ok(());
     }
@@ -308,14 +319,19 @@ mod tests {
 
     #[test]
     fn parses_os_release_syntax() {
-        let r = rf("# c\n\nID=debian\nNAME=\"Debian GNU/Linux\"\nX='a b'\nY=\"q\\\"\\$\"\n ID_LIKE = x \n");
+        let r = rf(
+            "# c\n\nID=debian\nNAME=\"Debian GNU/Linux\"\nX='a b'\nY=\"q\\\"\\$\"\n ID_LIKE = x \n",
+        );
         assert_eq!(r.get("ID"), Some("debian"));
         assert_eq!(r.get("NAME"), Some("Debian GNU/Linux"));
         assert_eq!(r.get("X"), Some("a b"));
         assert_eq!(r.get("Y"), Some("q\"$"));
         assert_eq!(r.get("ID_LIKE"), Some("x"));
         assert!(ReleaseFile::parse("A=\"x").is_err());
-        assert!(ReleaseFile::parse("novalue").unwrap_err().to_string().starts_with("line 1:"));
+        assert!(ReleaseFile::parse("novalue")
+            .unwrap_err()
+            .to_string()
+            .starts_with("line 1:"));
         assert!(ReleaseFile::parse("1A=x").is_err());
     }
 
@@ -329,6 +345,25 @@ mod tests {
         let text = r.render();
         assert!(text.starts_with("A=plain-1.0\nB=\"two words\"\n"), "{text}");
         assert_eq!(ReleaseFile::parse(&text).unwrap(), r);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC*(\n\\PC*){0,5}") {
+            let _ = ReleaseFile::parse(&text);
+        }
+
+        #[test]
+        fn render_then_parse_is_identity(
+            fields in proptest::collection::btree_map("[A-Z_][A-Z0-9_]{0,12}", "[^\n\r]{0,20}", 0..6)
+        ) {
+            let mut r = ReleaseFile::default();
+            for (k, v) in &fields {
+                // Values as os-release holds them: no surrounding whitespace.
+                r.set(k, v.trim());
+            }
+            proptest::prop_assert_eq!(ReleaseFile::parse(&r.render()).unwrap(), r);
+        }
     }
 
     fn host(os: &ReleaseFile) -> Host<'_> {
@@ -347,15 +382,33 @@ mod tests {
         assert_eq!(ok("", &debian), Err(Incompatible::Empty));
         assert!(ok("ID=_any\n", &debian).is_ok());
         assert!(ok("ID=_any\nARCHITECTURE=x86-64\n", &debian).is_ok());
-        assert!(matches!(ok("ID=_any\nARCHITECTURE=arm64\n", &debian), Err(Incompatible::Architecture { .. })));
-        assert!(matches!(ok("ID=_any\nSYSEXT_SCOPE=initrd\n", &debian), Err(Incompatible::Scope { .. })));
-        assert_eq!(ok("ARCHITECTURE=x86-64\n", &debian), Err(Incompatible::NoId));
+        assert!(matches!(
+            ok("ID=_any\nARCHITECTURE=arm64\n", &debian),
+            Err(Incompatible::Architecture { .. })
+        ));
+        assert!(matches!(
+            ok("ID=_any\nSYSEXT_SCOPE=initrd\n", &debian),
+            Err(Incompatible::Scope { .. })
+        ));
+        assert_eq!(
+            ok("ARCHITECTURE=x86-64\n", &debian),
+            Err(Incompatible::NoId)
+        );
         let e = ok("ID=otheros\n", &debian).unwrap_err();
-        assert!(e.to_string().contains("\"otheros\"") && e.to_string().contains("\"debian\""), "{e}");
+        assert!(
+            e.to_string().contains("\"otheros\"") && e.to_string().contains("\"debian\""),
+            "{e}"
+        );
         assert!(ok("ID=debian\nVERSION_ID=12\n", &debian).is_ok());
-        assert!(matches!(ok("ID=debian\n", &debian), Err(Incompatible::VersionId { .. })));
+        assert!(matches!(
+            ok("ID=debian\n", &debian),
+            Err(Incompatible::VersionId { .. })
+        ));
         assert!(ok("ID=flatcar\nSYSEXT_LEVEL=1.0\n", &flatcar).is_ok());
-        assert!(matches!(ok("ID=flatcar\nSYSEXT_LEVEL=2.0\n", &flatcar), Err(Incompatible::SysextLevel { .. })));
+        assert!(matches!(
+            ok("ID=flatcar\nSYSEXT_LEVEL=2.0\n", &flatcar),
+            Err(Incompatible::SysextLevel { .. })
+        ));
         assert!(ok("ID=flatcar\nVERSION_ID=3815.2.0\n", &flatcar).is_ok());
         assert!(ok("ID=debian\n", &rf("ID=debian\n")).is_ok());
     }

@@ -31,12 +31,13 @@ pub fn open_ddi(path: &Path, file: File, size: u64) -> Result<Opened, (Stage, St
         (stage, format!("{} (DDI for {host}): {e}", path.display()))
     })?;
     let mut head = vec![0u8; 8192.min(layout.data.len as usize)];
-    file.read_exact_at(&mut head, layout.data.offset).map_err(|e| {
-        (
-            Stage::Format,
-            format!("{}: reading the data partition: {e}", path.display()),
-        )
-    })?;
+    file.read_exact_at(&mut head, layout.data.offset)
+        .map_err(|e| {
+            (
+                Stage::Format,
+                format!("{}: reading the data partition: {e}", path.display()),
+            )
+        })?;
     let fs_format = Format::detect(&head);
     let root_hash_origin = match layout.root_hash_source {
         RootHashSource::SignaturePartition => {

@@ -155,7 +155,8 @@ pub struct Image {
     pub target: PathBuf,
     /// The search directory it was found in (`/etc/extensions`, …).
     pub search_dir: &'static str,
-    /// Modification time of raw files (systemd shows crtime/mtime).
+    /// What systemd's `list` shows as time: mtime of raw files, creation
+    /// time (btime) of directories.
     #[serde(skip)]
     pub mtime: Option<SystemTime>,
     /// Identity of the target: (st_dev, st_ino, size, mtime in ns).
@@ -198,6 +199,20 @@ fn mtime_of(md: &std::fs::Metadata) -> (Option<SystemTime>, i128) {
     (t, ns)
 }
 
+fn btime_of(p: &Path) -> Option<SystemTime> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::BTIME,
+    )
+    .ok()?;
+    if st.stx_mask & rustix::fs::StatxFlags::BTIME.bits() == 0 || st.stx_btime.tv_sec < 0 {
+        return None;
+    }
+    Some(UNIX_EPOCH + Duration::new(st.stx_btime.tv_sec as u64, st.stx_btime.tv_nsec))
+}
+
 /// Discovers images under `root` in `dirs` (normally [`SEARCH_DIRS`]).
 pub fn discover_in(root: &Root, dirs: &[&'static str]) -> io::Result<Discovery> {
     let mut out = Discovery::default();
@@ -206,12 +221,22 @@ pub fn discover_in(root: &Root, dirs: &[&'static str]) -> io::Result<Discovery> 
         let resolved = match root.resolve(dir) {
             Ok(p) => p,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", root.join(dir).display()))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", root.join(dir).display()),
+                ))
+            }
         };
         let rd = match std::fs::read_dir(&resolved) {
             Ok(rd) => rd,
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", resolved.display()))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", resolved.display()),
+                ))
+            }
         };
         let mut entries: Vec<String> = Vec::new();
         for e in rd {
@@ -287,13 +312,18 @@ pub fn discover_in(root: &Root, dirs: &[&'static str]) -> io::Result<Discovery> 
                     sidecars = Sidecars::find(&target);
                 }
             }
+            let time = match kind {
+                EntryKind::Raw => mtime,
+                EntryKind::Directory => btime_of(&target),
+                EntryKind::Block => None,
+            };
             out.images.push(Image {
                 name,
                 kind,
                 path: entry_path,
                 target,
                 search_dir: dir,
-                mtime: if kind == EntryKind::Raw { mtime } else { None },
+                mtime: time,
                 identity: (md.dev(), md.ino(), md.size(), mtime_ns),
                 sidecars,
             });
@@ -332,7 +362,12 @@ mod tests {
     fn precedence_masking_and_symlinks() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        for d in ["etc/extensions", "run/extensions", "var/lib/extensions", "opt/store"] {
+        for d in [
+            "etc/extensions",
+            "run/extensions",
+            "var/lib/extensions",
+            "opt/store",
+        ] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
         // b: in /var/lib and /run; /run wins.
@@ -349,7 +384,8 @@ mod tests {
         std::fs::create_dir_all(r.join("var/lib/extensions/d/usr")).unwrap();
         std::fs::write(r.join("var/lib/extensions/e.img"), b"").unwrap();
         // escaping symlink: clamped to ROOT/etc/shadow, which is absent.
-        std::os::unix::fs::symlink("../../../../../etc/shadow", r.join("etc/extensions/x.raw")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/shadow", r.join("etc/extensions/x.raw"))
+            .unwrap();
 
         let root = Root::open(r).unwrap();
         let d = discover(&root).unwrap();
@@ -357,7 +393,10 @@ mod tests {
         assert_eq!(names, ["a", "b", "d"]);
         let canon = std::fs::canonicalize(r).unwrap();
         assert_eq!(d.images[0].target, canon.join("opt/store/a-1.raw"));
-        assert_eq!(d.images[0].sidecars.roothash, Some(canon.join("opt/store/a-1.roothash")));
+        assert_eq!(
+            d.images[0].sidecars.roothash,
+            Some(canon.join("opt/store/a-1.roothash"))
+        );
         assert_eq!(d.images[1].path, canon.join("run/extensions/b.raw"));
         assert_eq!(d.images[2].kind, EntryKind::Directory);
         assert_eq!(d.masked.len(), 1);

@@ -226,4 +226,3 @@ impl Drop for LoopDevice {
         let _ = self.clear();
     }
 }
-

@@ -38,7 +38,9 @@ fn unescape_octal(s: &str) -> String {
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -95,7 +97,12 @@ pub fn mountinfo() -> io::Result<Vec<MountInfo>> {
 
 /// True when `path` (not following a final symlink) is the root of a mount.
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let st = rustix::fs::statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)?;
+    let st = rustix::fs::statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )?;
     let mask = rustix::fs::StatxAttributes::MOUNT_ROOT;
     if st.stx_attributes_mask.contains(mask) {
         return Ok(st.stx_attributes.contains(mask));
@@ -110,7 +117,12 @@ pub fn is_mount_point(path: &Path) -> io::Result<bool> {
 
 /// `st_dev` of `path` as (major, minor), not following a final symlink.
 pub fn dev_of(path: &Path) -> io::Result<(u32, u32)> {
-    let st = rustix::fs::statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)?;
+    let st = rustix::fs::statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )?;
     Ok((st.stx_dev_major, st.stx_dev_minor))
 }
 
@@ -202,7 +214,11 @@ mod tests {
     fn escapes_like_systemd() {
         assert_eq!(escape_layer(Path::new("/a:b,c\\d")), "/a\\:b\\,c\\\\d");
         assert_eq!(
-            lowerdir_option(&[PathBuf::from("/m"), PathBuf::from("/e:1"), PathBuf::from("/usr")]),
+            lowerdir_option(&[
+                PathBuf::from("/m"),
+                PathBuf::from("/e:1"),
+                PathBuf::from("/usr")
+            ]),
             "lowerdir=/m:/e\\:1:/usr"
         );
     }

@@ -41,8 +41,13 @@ impl StagingNs {
             Mode::empty(),
         )
         .map_err(|e| io::Error::other(format!("opening /proc/thread-self/ns/mnt: {e}")))?;
-        let cwd = rustix::fs::open(".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        unshare_mount_ns().map_err(|e| io::Error::new(e.kind(), format!("unshare(CLONE_NEWNS): {e}")))?;
+        let cwd = rustix::fs::open(
+            ".",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        unshare_mount_ns()
+            .map_err(|e| io::Error::new(e.kind(), format!("unshare(CLONE_NEWNS): {e}")))?;
         let guard = StagingNs {
             orig_ns,
             cwd,
@@ -70,7 +75,9 @@ impl StagingNs {
             std::os::fd::AsFd::as_fd(&self.orig_ns),
             Some(LinkNameSpaceType::Mount),
         )
-        .map_err(|e| io::Error::other(format!("setns back to the original mount namespace: {e}")))?;
+        .map_err(|e| {
+            io::Error::other(format!("setns back to the original mount namespace: {e}"))
+        })?;
         rustix::process::fchdir(&self.cwd)?;
         Ok(())
     }

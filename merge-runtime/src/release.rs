@@ -106,14 +106,33 @@ impl HostRelease {
 #[serde(tag = "rule", rename_all = "kebab-case")]
 pub enum Mismatch {
     /// No extension-release file, or one without any assignment.
-    NoRelease { detail: String },
-    Scope { wanted: String, have: String },
-    Architecture { wanted: String, have: String },
+    NoRelease {
+        detail: String,
+    },
+    Scope {
+        wanted: String,
+        have: String,
+    },
+    Architecture {
+        wanted: String,
+        have: String,
+    },
     NoId,
-    Id { wanted: String, have: String },
-    SysextLevel { wanted: String, have: String },
-    NoVersionId { have: String },
-    VersionId { wanted: String, have: String },
+    Id {
+        wanted: String,
+        have: String,
+    },
+    SysextLevel {
+        wanted: String,
+        have: String,
+    },
+    NoVersionId {
+        have: String,
+    },
+    VersionId {
+        wanted: String,
+        have: String,
+    },
     /// The image would replace the host's `/usr/lib/os-release`.
     ContainsOsRelease,
 }
@@ -374,9 +393,15 @@ mod tests {
         let h = host("debian", Some("12"), None);
         assert!(validate(&ext("ID=debian\nVERSION_ID=12\n"), &h).is_ok());
         assert!(validate(&ext("ID=_any\n"), &h).is_ok());
-        assert!(matches!(validate(&ext(""), &h), Err(Mismatch::NoRelease { .. })));
         assert!(matches!(
-            validate(&ext("ID=debian\nVERSION_ID=12\nSYSEXT_SCOPE=initrd portable\n"), &h),
+            validate(&ext(""), &h),
+            Err(Mismatch::NoRelease { .. })
+        ));
+        assert!(matches!(
+            validate(
+                &ext("ID=debian\nVERSION_ID=12\nSYSEXT_SCOPE=initrd portable\n"),
+                &h
+            ),
             Err(Mismatch::Scope { .. })
         ));
         // Architecture is checked before ID, so even ID=_any is refused.
@@ -385,7 +410,10 @@ mod tests {
             Err(Mismatch::Architecture { .. })
         ));
         assert!(validate(&ext("ID=_any\nARCHITECTURE=_any\n"), &h).is_ok());
-        assert!(matches!(validate(&ext("VERSION_ID=12\n"), &h), Err(Mismatch::NoId)));
+        assert!(matches!(
+            validate(&ext("VERSION_ID=12\n"), &h),
+            Err(Mismatch::NoId)
+        ));
         assert!(matches!(
             validate(&ext("ID=fedora\nVERSION_ID=12\n"), &h),
             Err(Mismatch::Id { .. })
@@ -405,7 +433,10 @@ mod tests {
         let h = host("flatcar", Some("3815.2.0"), Some("1.0"));
         assert!(validate(&ext("ID=flatcar\nSYSEXT_LEVEL=1.0\n"), &h).is_ok());
         assert!(matches!(
-            validate(&ext("ID=flatcar\nSYSEXT_LEVEL=2.0\nVERSION_ID=3815.2.0\n"), &h),
+            validate(
+                &ext("ID=flatcar\nSYSEXT_LEVEL=2.0\nVERSION_ID=3815.2.0\n"),
+                &h
+            ),
             Err(Mismatch::SysextLevel { .. })
         ));
         // Extension without a level falls back to VERSION_ID.

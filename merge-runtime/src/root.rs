@@ -165,8 +165,11 @@ mod tests {
         std::fs::create_dir_all(r.join("opt/ext")).unwrap();
         std::fs::write(r.join("opt/ext/a.raw"), b"x").unwrap();
         std::os::unix::fs::symlink("/opt/ext/a.raw", r.join("etc/extensions/a.raw")).unwrap();
-        std::os::unix::fs::symlink("../../../../../../etc/passwd", r.join("etc/extensions/b.raw"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../../../etc/passwd",
+            r.join("etc/extensions/b.raw"),
+        )
+        .unwrap();
         let root = Root::open(r).unwrap();
         let canon = std::fs::canonicalize(r).unwrap();
         assert_eq!(
@@ -176,10 +179,7 @@ mod tests {
         // `..` is clamped at the root: this is ROOT/etc/passwd, which is absent.
         let e = root.resolve("etc/extensions/b.raw").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        assert_eq!(
-            root.resolve_nonexistent("/usr").unwrap(),
-            canon.join("usr")
-        );
+        assert_eq!(root.resolve_nonexistent("/usr").unwrap(), canon.join("usr"));
     }
 
     #[test]

@@ -43,8 +43,8 @@ use crate::ns::StagingNs;
 use crate::release::{self, HostRelease, HostReleaseError};
 use crate::root::{self, Root};
 use crate::verify::{
-    self, BackendChoice, EffectivePolicy, Policy, PolicyError, VerityMaterial, VerityMode,
-    VerifyError,
+    self, BackendChoice, EffectivePolicy, Policy, PolicyError, VerifyError, VerityMaterial,
+    VerityMode,
 };
 
 /// Default directory for our lock and staging workspaces.
@@ -73,7 +73,7 @@ pub enum Error {
     Verify {
         path: PathBuf,
         #[source]
-        source: VerifyError,
+        source: Box<VerifyError>,
     },
     #[error("{0}: not an image this tool can check (expected a squashfs, erofs or ext4 image with verity sidecars, or a GPT disk image)")]
     Unsupported(PathBuf),
@@ -295,8 +295,10 @@ fn current_state(root: &Root, hierarchies: &[String]) -> Result<Vec<Current>, Er
         let target = root
             .resolve_nonexistent(h)
             .map_err(io_ctx(format!("resolving {}", root.join(h).display())))?;
-        let merged = is_merged_tree(&target)
-            .map_err(io_ctx(format!("checking whether {} is merged", target.display())))?;
+        let merged = is_merged_tree(&target).map_err(io_ctx(format!(
+            "checking whether {} is merged",
+            target.display()
+        )))?;
         let state = if merged { read_state(&target) } else { None };
         out.push(Current {
             hierarchy: h.clone(),
@@ -336,9 +338,21 @@ fn fingerprint(
         h.update(s.as_bytes());
         h.update(b"\n");
     };
-    line(format!("sysext-forge-fingerprint v1 root={}", root.path().display()));
-    line(format!("hierarchies={:?} force={} policy={} backend={:?}", opts.hierarchies, opts.force, policy.policy, opts.backend));
-    line(format!("host={:?} os-release={}", host, std::fs::read(&host.os_release_path).map(|b| hex::encode(Sha256::digest(b))).unwrap_or_default()));
+    line(format!(
+        "sysext-forge-fingerprint v1 root={}",
+        root.path().display()
+    ));
+    line(format!(
+        "hierarchies={:?} force={} policy={} backend={:?}",
+        opts.hierarchies, opts.force, policy.policy, opts.backend
+    ));
+    line(format!(
+        "host={:?} os-release={}",
+        host,
+        std::fs::read(&host.os_release_path)
+            .map(|b| hex::encode(Sha256::digest(b)))
+            .unwrap_or_default()
+    ));
     for i in &disc.images {
         line(format!(
             "image {} {} {} {} {:?}",
@@ -348,7 +362,14 @@ fn fingerprint(
             i.target.display(),
             i.identity
         ));
-        for s in [&i.sidecars.roothash, &i.sidecars.verity, &i.sidecars.signature].into_iter().flatten() {
+        for s in [
+            &i.sidecars.roothash,
+            &i.sidecars.verity,
+            &i.sidecars.signature,
+        ]
+        .into_iter()
+        .flatten()
+        {
             line(format!("  sidecar {} {}", s.display(), file_identity(s)));
         }
     }
@@ -380,8 +401,17 @@ impl Workspace {
     fn create(run_dir: &Path) -> Result<Workspace, Error> {
         let dir = run_dir.join(format!("staging.{}", std::process::id()));
         root::mkdir_p(&dir, 0o700).map_err(io_ctx(format!("creating {}", dir.display())))?;
-        rustix::mount::mount("sysext-forge", &dir, "tmpfs", MountFlags::empty(), Some(c"mode=0700"))
-            .map_err(errno_ctx(format!("mounting the staging tmpfs on {}", dir.display())))?;
+        rustix::mount::mount(
+            "sysext-forge",
+            &dir,
+            "tmpfs",
+            MountFlags::empty(),
+            Some(c"mode=0700"),
+        )
+        .map_err(errno_ctx(format!(
+            "mounting the staging tmpfs on {}",
+            dir.display()
+        )))?;
         Ok(Workspace { dir })
     }
 
@@ -390,11 +420,15 @@ impl Workspace {
     }
 
     fn meta_dir(&self, hierarchy: &str) -> PathBuf {
-        self.dir.join("meta").join(hierarchy.trim_start_matches('/'))
+        self.dir
+            .join("meta")
+            .join(hierarchy.trim_start_matches('/'))
     }
 
     fn overlay_dir(&self, hierarchy: &str) -> PathBuf {
-        self.dir.join("overlay").join(hierarchy.trim_start_matches('/'))
+        self.dir
+            .join("overlay")
+            .join(hierarchy.trim_start_matches('/'))
     }
 }
 
@@ -446,14 +480,16 @@ pub fn open_image(
     sidecars: &crate::discover::Sidecars,
     block: bool,
 ) -> Result<Opened, (Stage, String)> {
-    let file = File::open(path).map_err(|e| (Stage::Format, format!("opening {}: {e}", path.display())))?;
+    let file = File::open(path)
+        .map_err(|e| (Stage::Format, format!("opening {}: {e}", path.display())))?;
     let size = if block {
         crate::loopdev::block_size_bytes(&file)
     } else {
         file.metadata().map(|m| m.len())
     }
     .map_err(|e| (Stage::Format, format!("size of {}: {e}", path.display())))?;
-    let format = Format::probe(&file).map_err(|e| (Stage::Format, format!("reading {}: {e}", path.display())))?;
+    let format = Format::probe(&file)
+        .map_err(|e| (Stage::Format, format!("reading {}: {e}", path.display())))?;
     match format {
         Format::Squashfs | Format::Erofs | Format::Ext4 => {
             let material = verify::load_sidecars(sidecars, size).map_err(|e| (Stage::Verity, e.to_string()))?;
@@ -492,7 +528,8 @@ fn prepare_one(
     report: &mut ImageReport,
 ) -> Result<(PathBuf, Option<LoopDevice>), Refusal> {
     let dir = ws.ext_dir(&img.name);
-    root::mkdir_p(&dir, 0o700).map_err(|e| refuse(Stage::Mount, format!("creating {}: {e}", dir.display())))?;
+    root::mkdir_p(&dir, 0o700)
+        .map_err(|e| refuse(Stage::Mount, format!("creating {}: {e}", dir.display())))?;
     let certs = || signing::pkcs7::TrustedCerts::from_verity_d(root.path());
     let what = img.path.display().to_string();
     let mut loop_dev = None;
@@ -500,34 +537,49 @@ fn prepare_one(
         EntryKind::Directory => {
             verify::decide(policy, None, &format!("directory image {what}"), certs)
                 .map_err(|e| refuse(Stage::Policy, e.to_string()))?;
-            rustix::mount::mount_bind(&img.target, &dir)
-                .map_err(|e| refuse(Stage::Mount, format!("bind-mounting {}: {e}", img.target.display())))?;
-            rustix::mount::mount_remount(&dir, MountFlags::BIND | MountFlags::RDONLY, "")
-                .map_err(|e| {
+            rustix::mount::mount_bind(&img.target, &dir).map_err(|e| {
+                refuse(
+                    Stage::Mount,
+                    format!("bind-mounting {}: {e}", img.target.display()),
+                )
+            })?;
+            rustix::mount::mount_remount(&dir, MountFlags::BIND | MountFlags::RDONLY, "").map_err(
+                |e| {
                     let _ = unmount(&dir, UnmountFlags::DETACH);
-                    refuse(Stage::Mount, format!("making {} read-only: {e}", dir.display()))
-                })?;
+                    refuse(
+                        Stage::Mount,
+                        format!("making {} read-only: {e}", dir.display()),
+                    )
+                },
+            )?;
             report.verification = VerityMode::None;
         }
         EntryKind::Raw | EntryKind::Block => {
             let opened = open_image(&img.target, &img.sidecars, img.kind == EntryKind::Block)
                 .map_err(|(stage, reason)| refuse(stage, reason))?;
             report.format = Some(opened.format.as_str().to_string());
-            let decision = verify::decide(policy, opened.material.as_ref(), &what, certs).map_err(|e| {
-                let stage = if matches!(e, VerifyError::Signature { .. }) {
-                    Stage::Signature
-                } else {
-                    Stage::Policy
-                };
-                refuse(stage, e.to_string())
-            })?;
+            let decision =
+                verify::decide(policy, opened.material.as_ref(), &what, certs).map_err(|e| {
+                    let stage = if matches!(e, VerifyError::Signature { .. }) {
+                        Stage::Signature
+                    } else {
+                        Stage::Policy
+                    };
+                    refuse(stage, e.to_string())
+                })?;
             report.signer = decision.signer;
             report.root_hash = opened.material.as_ref().map(|m| m.root_hash.to_hex());
-            let dev = LoopDevice::attach(&opened.file, opened.data, &img.target)
-                .map_err(|e| refuse(Stage::Mount, format!("setting up a loop device for {}: {e}", img.target.display())))?;
+            let dev = LoopDevice::attach(&opened.file, opened.data, &img.target).map_err(|e| {
+                refuse(
+                    Stage::Mount,
+                    format!("setting up a loop device for {}: {e}", img.target.display()),
+                )
+            })?;
             let device = match &opened.material {
                 Some(m) => {
-                    let act = backend.activate(&dev, m).map_err(|e| refuse(Stage::Verity, e.to_string()))?;
+                    let act = backend
+                        .activate(&dev, m)
+                        .map_err(|e| refuse(Stage::Verity, e.to_string()))?;
                     report.verification = act.mode;
                     act.device
                 }
@@ -537,7 +589,10 @@ fn prepare_one(
                 }
             };
             let fs = opened.fs_format.fs_type().ok_or_else(|| {
-                refuse(Stage::Format, format!("{what}: the data is not a squashfs, erofs or ext4 filesystem"))
+                refuse(
+                    Stage::Format,
+                    format!("{what}: the data is not a squashfs, erofs or ext4 filesystem"),
+                )
             })?;
             rustix::mount::mount(
                 &device,
@@ -546,17 +601,27 @@ fn prepare_one(
                 MountFlags::RDONLY | MountFlags::NODEV,
                 None,
             )
-            .map_err(|e| refuse(Stage::Mount, format!("mounting {} ({fs}) from {}: {e}", what, device.display())))?;
+            .map_err(|e| {
+                refuse(
+                    Stage::Mount,
+                    format!("mounting {} ({fs}) from {}: {e}", what, device.display()),
+                )
+            })?;
             loop_dev = Some(dev);
         }
     }
     // From here on the image is mounted at `dir`.
     let unmount_and = |r: Refusal| {
-        let _ = unmount(&dir, UnmountFlags::empty()).or_else(|_| unmount(&dir, UnmountFlags::DETACH));
+        let _ =
+            unmount(&dir, UnmountFlags::empty()).or_else(|_| unmount(&dir, UnmountFlags::DETACH));
         r
     };
-    let found = release::find_extension_release(&dir, &img.name)
-        .map_err(|e| unmount_and(refuse(Stage::Release, format!("looking for extension-release in {what}: {e}"))))?;
+    let found = release::find_extension_release(&dir, &img.name).map_err(|e| {
+        unmount_and(refuse(
+            Stage::Release,
+            format!("looking for extension-release in {what}: {e}"),
+        ))
+    })?;
     if !opts.force {
         if release::contains_os_release(&dir).unwrap_or(false) {
             return Err(unmount_and(refuse(
@@ -564,10 +629,19 @@ fn prepare_one(
                 release::Mismatch::ContainsOsRelease.to_string(),
             )));
         }
-        let found = found
-            .as_ref()
-            .map_err(|detail| unmount_and(refuse(Stage::Release, format!("{}", release::Mismatch::NoRelease { detail: detail.clone() }))))?;
-        release::validate(&found.file, host).map_err(|m| unmount_and(refuse(Stage::Compatibility, m.to_string())))?;
+        let found = found.as_ref().map_err(|detail| {
+            unmount_and(refuse(
+                Stage::Release,
+                format!(
+                    "{}",
+                    release::Mismatch::NoRelease {
+                        detail: detail.clone()
+                    }
+                ),
+            ))
+        })?;
+        release::validate(&found.file, host)
+            .map_err(|m| unmount_and(refuse(Stage::Compatibility, m.to_string())))?;
     }
     if let Ok(f) = &found {
         report.reload_manager = f
@@ -616,7 +690,12 @@ fn build_hierarchy(
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_ctx(format!("resolving {}", root.join(hierarchy).display()))(e)),
+        Err(e) => {
+            return Err(io_ctx(format!(
+                "resolving {}",
+                root.join(hierarchy).display()
+            ))(e))
+        }
     };
     let meta = ws.meta_dir(hierarchy);
     let marker = meta.join(MARKER_DIR);
@@ -630,7 +709,12 @@ fn build_hierarchy(
         let resolved = match root::resolve_in(&p.dir, rel) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_ctx(format!("resolving {hierarchy} in extension {}", p.name))(e)),
+            Err(e) => {
+                return Err(io_ctx(format!(
+                    "resolving {hierarchy} in extension {}",
+                    p.name
+                ))(e))
+            }
         };
         if !resolved.is_dir() || root::dir_is_empty(&resolved).unwrap_or(true) {
             continue;
@@ -644,18 +728,31 @@ fn build_hierarchy(
     let overlay = ws.overlay_dir(hierarchy);
     root::mkdir_p(&overlay, 0o700).map_err(io_ctx(format!("creating {}", overlay.display())))?;
     let options = mounts::lowerdir_option(&layers);
-    let coptions = std::ffi::CString::new(options.clone())
-        .map_err(|_| Error::Io { context: "overlay options".into(), source: io::Error::other("NUL byte in a layer path") })?;
-    rustix::mount::mount("sysext", &overlay, "overlay", MountFlags::RDONLY, Some(coptions.as_c_str()))
-        .map_err(errno_ctx(format!("mounting the overlay for {hierarchy} ({options})")))?;
+    let coptions = std::ffi::CString::new(options.clone()).map_err(|_| Error::Io {
+        context: "overlay options".into(),
+        source: io::Error::other("NUL byte in a layer path"),
+    })?;
+    rustix::mount::mount(
+        "sysext",
+        &overlay,
+        "overlay",
+        MountFlags::RDONLY,
+        Some(coptions.as_c_str()),
+    )
+    .map_err(errno_ctx(format!(
+        "mounting the overlay for {hierarchy} ({options})"
+    )))?;
     let dev = mounts::dev_of(&overlay).map_err(io_ctx(format!("stat {}", overlay.display())))?;
-    std::fs::write(marker.join("dev"), mounts::dev_marker(dev)).map_err(io_ctx("writing the dev marker"))?;
+    std::fs::write(marker.join("dev"), mounts::dev_marker(dev))
+        .map_err(io_ctx("writing the dev marker"))?;
     let tree = open_tree(
         rustix::fs::CWD,
         &overlay,
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
-    .map_err(errno_ctx(format!("cloning the overlay mount of {hierarchy}")))?;
+    .map_err(errno_ctx(format!(
+        "cloning the overlay mount of {hierarchy}"
+    )))?;
     Ok(Some((
         Built {
             hierarchy: hierarchy.to_string(),
@@ -687,7 +784,8 @@ fn unmount_all_ours(target: &Path) -> Result<bool, Error> {
 }
 
 fn attach(built: &Built, target: &Path) -> Result<Swap, Error> {
-    let was_merged = is_merged_tree(target).map_err(io_ctx(format!("checking {}", target.display())))?;
+    let was_merged =
+        is_merged_tree(target).map_err(io_ctx(format!("checking {}", target.display())))?;
     if !was_merged {
         root::mkdir_p(target, 0o755).map_err(io_ctx(format!("creating {}", target.display())))?;
         move_mount(
@@ -697,7 +795,10 @@ fn attach(built: &Built, target: &Path) -> Result<Swap, Error> {
             target,
             MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
         )
-        .map_err(errno_ctx(format!("mounting the merged tree on {}", target.display())))?;
+        .map_err(errno_ctx(format!(
+            "mounting the merged tree on {}",
+            target.display()
+        )))?;
         return Ok(Swap::Mounted);
     }
     match move_mount(
@@ -709,8 +810,9 @@ fn attach(built: &Built, target: &Path) -> Result<Swap, Error> {
     ) {
         Ok(()) => {
             // The old overlay is on top; detach it to reveal the new one.
-            unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)
-                .map_err(errno_ctx(format!("detaching the old overlay on {}", target.display())))?;
+            unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW).map_err(errno_ctx(
+                format!("detaching the old overlay on {}", target.display()),
+            ))?;
             Ok(Swap::Beneath)
         }
         Err(rustix::io::Errno::INVAL) if !kernel_has_move_mount_beneath() => {
@@ -721,7 +823,10 @@ fn attach(built: &Built, target: &Path) -> Result<Swap, Error> {
                 target,
                 MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
             )
-            .map_err(errno_ctx(format!("mounting the merged tree on {}", target.display())))?;
+            .map_err(errno_ctx(format!(
+                "mounting the merged tree on {}",
+                target.display()
+            )))?;
             Ok(Swap::Stacked)
         }
         Err(e) => Err(errno_ctx(format!(
@@ -768,8 +873,13 @@ pub fn refresh(opts: &Options) -> Result<MergeReport, Error> {
 }
 
 fn apply(opts: &Options, mode: Mode) -> Result<MergeReport, Error> {
-    require_root(if mode == Mode::Merge { "merge" } else { "refresh" })?;
-    let root = Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
+    require_root(if mode == Mode::Merge {
+        "merge"
+    } else {
+        "refresh"
+    })?;
+    let root =
+        Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
     let _lock = RunLock::acquire(&opts.run_dir)?;
     let policy = verify::load_policy(&root, opts.policy)?;
     let disc = discover(&root).map_err(io_ctx("discovering extension images"))?;
@@ -828,10 +938,21 @@ fn apply(opts: &Options, mode: Mode) -> Result<MergeReport, Error> {
     let ns = StagingNs::enter().map_err(io_ctx("entering a private mount namespace"))?;
     let ws_result = Workspace::create(&opts.run_dir);
     let staged = ws_result.and_then(|ws| {
-        let r = stage(opts, &root, &disc, &host, &policy, backend.as_ref(), &ws, &fp);
+        let r = stage(
+            opts,
+            &root,
+            &disc,
+            &host,
+            &policy,
+            backend.as_ref(),
+            &ws,
+            &fp,
+        );
         r.map(|x| (x, ws.dir))
     });
-    let leave = ns.leave().map_err(io_ctx("returning to the original mount namespace"));
+    let leave = ns
+        .leave()
+        .map_err(io_ctx("returning to the original mount namespace"));
     let ((images, names, built), ws_dir) = staged?;
     leave?;
     let _ = std::fs::remove_dir(&ws_dir);
@@ -852,7 +973,8 @@ fn apply(opts: &Options, mode: Mode) -> Result<MergeReport, Error> {
                 }
             }
         }
-        report.reloaded_manager = maybe_reload(opts, &root, old_reload && !report.unmerged.is_empty());
+        report.reloaded_manager =
+            maybe_reload(opts, &root, old_reload && !report.unmerged.is_empty());
         return Ok(report);
     }
     for c in &current {
@@ -897,7 +1019,16 @@ fn stage(
     let mut prepared: Vec<Prepared> = Vec::new();
     for img in &disc.images {
         let mut report = new_report(img);
-        match prepare_one(ws, img, policy.policy, host, opts, root, backend, &mut report) {
+        match prepare_one(
+            ws,
+            img,
+            policy.policy,
+            host,
+            opts,
+            root,
+            backend,
+            &mut report,
+        ) {
             Ok((dir, loop_dev)) => prepared.push(Prepared {
                 name: img.name.clone(),
                 dir,
@@ -959,8 +1090,14 @@ fn stage(
             rustix::fs::CWD,
             meta,
             &rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
-                last_modification: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_NOW,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_NOW,
+                },
             },
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
@@ -980,7 +1117,8 @@ pub struct UnmergeReport {
 /// systemd-sysext's) from the hierarchies.
 pub fn unmerge(opts: &Options) -> Result<UnmergeReport, Error> {
     require_root("unmerge")?;
-    let root = Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
+    let root =
+        Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
     let _lock = RunLock::acquire(&opts.run_dir)?;
     let current = current_state(&root, &opts.hierarchies)?;
     let mut reload = false;
@@ -993,7 +1131,10 @@ pub fn unmerge(opts: &Options) -> Result<UnmergeReport, Error> {
             continue;
         }
         reload |= match &c.state {
-            Some(s) => s.images.iter().any(|i| i.reload_manager && i.outcome == Outcome::Merged),
+            Some(s) => s
+                .images
+                .iter()
+                .any(|i| i.reload_manager && i.outcome == Outcome::Merged),
             None => merged_tree_wants_reload(&c.target),
         };
         if unmount_all_ours(&c.target)? {
@@ -1015,7 +1156,9 @@ fn merged_tree_wants_reload(tree: &Path) -> bool {
             return false;
         };
         // `tree` is /usr: the release files are at lib/extension-release.d.
-        let p = tree.join("lib/extension-release.d").join(format!("extension-release.{n}"));
+        let p = tree
+            .join("lib/extension-release.d")
+            .join(format!("extension-release.{n}"));
         crate::osrelease::ReleaseFile::read(&p)
             .ok()
             .and_then(|f| f.get("EXTENSION_RELOAD_MANAGER").and_then(parse_bool))
@@ -1047,7 +1190,8 @@ pub struct StatusReport {
 
 /// `sysext status`: per hierarchy, the merged extensions and since when.
 pub fn status(opts: &Options) -> Result<StatusReport, Error> {
-    let root = Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
+    let root =
+        Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
     let policy = verify::load_policy(&root, opts.policy)?;
     let mut rows = Vec::new();
     for h in &opts.hierarchies {
@@ -1056,7 +1200,8 @@ pub fn status(opts: &Options) -> Result<StatusReport, Error> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_ctx(format!("resolving {}", root.join(h).display()))(e)),
         };
-        let merged = is_merged_tree(&target).map_err(io_ctx(format!("checking {}", target.display())))?;
+        let merged =
+            is_merged_tree(&target).map_err(io_ctx(format!("checking {}", target.display())))?;
         if !merged {
             rows.push(HierarchyStatus {
                 hierarchy: h.clone(),
@@ -1067,8 +1212,10 @@ pub fn status(opts: &Options) -> Result<StatusReport, Error> {
             });
             continue;
         }
-        let names = mounts::read_extensions_marker(&target)
-            .map_err(io_ctx(format!("reading {}/{MARKER_DIR}/extensions", target.display())))?;
+        let names = mounts::read_extensions_marker(&target).map_err(io_ctx(format!(
+            "reading {}/{MARKER_DIR}/extensions",
+            target.display()
+        )))?;
         let since = std::fs::metadata(&target)
             .ok()
             .and_then(|m| m.modified().ok())
@@ -1079,9 +1226,21 @@ pub fn status(opts: &Options) -> Result<StatusReport, Error> {
             hierarchy: h.clone(),
             extensions: serde_json::json!(names),
             since,
-            merged_by: Some(if state.is_some() { "sysext-forge" } else { "systemd-sysext" }.into()),
+            merged_by: Some(
+                if state.is_some() {
+                    "sysext-forge"
+                } else {
+                    "systemd-sysext"
+                }
+                .into(),
+            ),
             images: state
-                .map(|s| s.images.into_iter().filter(|i| i.outcome == Outcome::Merged).collect())
+                .map(|s| {
+                    s.images
+                        .into_iter()
+                        .filter(|i| i.outcome == Outcome::Merged)
+                        .collect()
+                })
                 .unwrap_or_default(),
         });
     }
@@ -1118,7 +1277,8 @@ pub struct ListReport {
 
 /// `sysext list`: the images found, with type, path and verity facts.
 pub fn list(opts: &Options) -> Result<ListReport, Error> {
-    let root = Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
+    let root =
+        Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
     let disc = discover(&root).map_err(io_ctx("discovering extension images"))?;
     let mut images = Vec::new();
     for img in &disc.images {
@@ -1171,9 +1331,11 @@ pub struct VerifyReport {
 /// policy, signature against `verity.d` under `--root`, and every data
 /// block against the root hash — without mounting anything.
 pub fn verify_image(opts: &Options, image: &Path) -> Result<VerifyReport, Error> {
-    let root = Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
+    let root =
+        Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
     let policy = verify::load_policy(&root, opts.policy)?;
-    let path = std::fs::canonicalize(image).map_err(io_ctx(format!("opening {}", image.display())))?;
+    let path =
+        std::fs::canonicalize(image).map_err(io_ctx(format!("opening {}", image.display())))?;
     let md = std::fs::metadata(&path).map_err(io_ctx(format!("stat {}", path.display())))?;
     use std::os::unix::fs::FileTypeExt;
     let block = md.file_type().is_block_device();
@@ -1183,14 +1345,17 @@ pub fn verify_image(opts: &Options, image: &Path) -> Result<VerifyReport, Error>
     }
     let opened = open_image(&path, &sidecars, block).map_err(|(_, reason)| Error::Verify {
         path: path.clone(),
-        source: VerifyError::Incomplete(reason),
+        source: Box::new(VerifyError::Incomplete(reason)),
     })?;
-    let decision = verify::decide(policy.policy, opened.material.as_ref(), &path.display().to_string(), || {
-        signing::pkcs7::TrustedCerts::from_verity_d(root.path())
-    })
+    let decision = verify::decide(
+        policy.policy,
+        opened.material.as_ref(),
+        &path.display().to_string(),
+        || signing::pkcs7::TrustedCerts::from_verity_d(root.path()),
+    )
     .map_err(|source| Error::Verify {
         path: path.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let Some(material) = opened.material else {
         return Err(Error::Unsupported(path));
@@ -1198,7 +1363,7 @@ pub fn verify_image(opts: &Options, image: &Path) -> Result<VerifyReport, Error>
     let data = signing::verity::ByteRange::new(opened.data.offset, opened.data.size_limit);
     verify::verify_data(&opened.file, data, &material).map_err(|source| Error::Verify {
         path: path.clone(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(VerifyReport {
         path,

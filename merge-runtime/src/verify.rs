@@ -89,7 +89,11 @@ pub enum PolicyError {
     #[error("reading {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}:{line}: {msg}")]
-    Syntax { path: PathBuf, line: usize, msg: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
 }
 
 /// Parses the policy file text. Syntax: `#` comments, blank lines, and
@@ -122,7 +126,10 @@ pub fn parse_policy_file(path: &Path, text: &str) -> Result<Option<Policy>, Poli
                 "unknown key {k:?}; the only key is `policy` (signed, verity or any)"
             )));
         }
-        policy = Some(v.parse::<Policy>().map_err(|e| err(format!("key `policy`: {e}")))?);
+        policy = Some(
+            v.parse::<Policy>()
+                .map_err(|e| err(format!("key `policy`: {e}")))?,
+        );
     }
     Ok(policy)
 }
@@ -302,9 +309,10 @@ pub fn load_sidecars(
     };
     let text = read_small(rh_path, 4096)?;
     let text = String::from_utf8_lossy(&text);
-    let root_hash: RootHash = text.trim().parse().map_err(|e| {
-        VerifyError::Incomplete(format!("{}: {e}", rh_path.display()))
-    })?;
+    let root_hash: RootHash = text
+        .trim()
+        .parse()
+        .map_err(|e| VerifyError::Incomplete(format!("{}: {e}", rh_path.display())))?;
     let hash_len = std::fs::metadata(verity)
         .map_err(|source| VerifyError::Io {
             path: verity.clone(),
@@ -376,8 +384,9 @@ pub fn decide(
                 origin: origin.clone(),
                 source,
             })?;
-            let signer: VerifiedSigner = signing::pkcs7::verify_root_hash(&m.root_hash, sig, &certs)
-                .map_err(|source| VerifyError::Signature { origin, source })?;
+            let signer: VerifiedSigner =
+                signing::pkcs7::verify_root_hash(&m.root_hash, sig, &certs)
+                    .map_err(|source| VerifyError::Signature { origin, source })?;
             decision.signer = Some(format!("{} ({})", signer.subject, signer.origin.display()));
             decision.signer_fingerprint = Some(signer.fingerprint.to_hex());
         }
@@ -409,7 +418,11 @@ pub struct Activated {
 pub trait VerityBackend {
     fn mode(&self) -> VerityMode;
     /// `data` is a read-only loop device over exactly the protected range.
-    fn activate(&self, data: &LoopDevice, material: &VerityMaterial) -> Result<Activated, VerifyError>;
+    fn activate(
+        &self,
+        data: &LoopDevice,
+        material: &VerityMaterial,
+    ) -> Result<Activated, VerifyError>;
 }
 
 /// Hashes every data block in user space, reading through the read-only
@@ -431,14 +444,16 @@ pub fn read_hash_tree(material: &VerityMaterial) -> Result<Vec<u8>, VerifyError>
         source,
     })?;
     let mut buf = vec![0u8; len];
-    FileExt::read_exact_at(&f, &mut buf, h.range.offset)
-        .map_err(|source| VerifyError::Io {
-            path: h.file.clone(),
-            source: io::Error::new(
-                source.kind(),
-                format!("reading the hash tree ({} bytes at {}): {source}", h.range.len, h.range.offset),
+    FileExt::read_exact_at(&f, &mut buf, h.range.offset).map_err(|source| VerifyError::Io {
+        path: h.file.clone(),
+        source: io::Error::new(
+            source.kind(),
+            format!(
+                "reading the hash tree ({} bytes at {}): {source}",
+                h.range.len, h.range.offset
             ),
-        })?;
+        ),
+    })?;
     Ok(buf)
 }
 
@@ -468,7 +483,11 @@ impl VerityBackend for UserSpaceVerity {
         VerityMode::UserSpace
     }
 
-    fn activate(&self, data: &LoopDevice, material: &VerityMaterial) -> Result<Activated, VerifyError> {
+    fn activate(
+        &self,
+        data: &LoopDevice,
+        material: &VerityMaterial,
+    ) -> Result<Activated, VerifyError> {
         verify_data(&LoopReader(data), ByteRange::new(0, data.size()), material)?;
         Ok(Activated {
             device: data.path().to_path_buf(),
@@ -512,7 +531,9 @@ pub enum BackendChoice {
 pub fn select_backend(choice: BackendChoice) -> Box<dyn VerityBackend> {
     match choice {
         BackendChoice::Kernel => Box::new(KernelDmVerity::default()),
-        BackendChoice::Auto if crate::dmverity::available().is_ok() => Box::new(KernelDmVerity::default()),
+        BackendChoice::Auto if crate::dmverity::available().is_ok() => {
+            Box::new(KernelDmVerity::default())
+        }
         BackendChoice::Auto | BackendChoice::UserSpace => Box::new(UserSpaceVerity),
     }
 }
@@ -524,22 +545,39 @@ mod tests {
     #[test]
     fn policy_file_syntax() {
         let p = Path::new("/etc/sysext/policy.conf");
-        assert_eq!(parse_policy_file(p, "# c\n\npolicy = signed\n").unwrap(), Some(Policy::Signed));
-        assert_eq!(parse_policy_file(p, "[Verification]\nPolicy=any\n").unwrap(), Some(Policy::Any));
+        assert_eq!(
+            parse_policy_file(p, "# c\n\npolicy = signed\n").unwrap(),
+            Some(Policy::Signed)
+        );
+        assert_eq!(
+            parse_policy_file(p, "[Verification]\nPolicy=any\n").unwrap(),
+            Some(Policy::Any)
+        );
         assert_eq!(parse_policy_file(p, "").unwrap(), None);
-        let e = parse_policy_file(p, "\npolicy = strict\n").unwrap_err().to_string();
+        let e = parse_policy_file(p, "\npolicy = strict\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("policy.conf:2") && e.contains("strict"), "{e}");
-        let e = parse_policy_file(p, "mode = any\n").unwrap_err().to_string();
-        assert!(e.contains(":1:") && e.contains("unknown key \"mode\""), "{e}");
+        let e = parse_policy_file(p, "mode = any\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":1:") && e.contains("unknown key \"mode\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn policy_without_material() {
         let none = || Ok(TrustedCerts::new());
         assert!(decide(Policy::Any, None, "x", none).is_ok());
-        let e = decide(Policy::Signed, None, "x", none).unwrap_err().to_string();
+        let e = decide(Policy::Signed, None, "x", none)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("requires a signed root hash"), "{e}");
-        let e = decide(Policy::Verity, None, "x", none).unwrap_err().to_string();
+        let e = decide(Policy::Verity, None, "x", none)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("requires a root hash"), "{e}");
     }
 }

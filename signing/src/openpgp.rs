@@ -393,6 +393,19 @@ fn parse_signature(bytes: &[u8]) -> Result<DetachedSignature, OpenPgpError> {
     }
 }
 
+/// A key in the keyring that the signature names as its issuer.
+struct Candidate<'a> {
+    fingerprint: String,
+    key: CandidateKey<'a>,
+    can_sign: bool,
+    expires: Option<DateTime<Utc>>,
+}
+
+enum CandidateKey<'a> {
+    Primary(&'a pgp::packet::PublicKey),
+    Sub(&'a pgp::packet::PublicSubkey),
+}
+
 /// Whether a key may sign according to its (valid) self-signatures.
 fn may_sign(sigs: &[&pgp::packet::Signature]) -> bool {
     sigs.iter().any(|s| s.key_flags().sign())
@@ -444,12 +457,7 @@ pub fn verify_detached(
     for key in &keys {
         let primary_fp = hex::encode_upper(key.fingerprint().as_bytes());
         // Candidate signing keys: the primary, then its subkeys.
-        let mut candidates: Vec<(
-            String,
-            Box<dyn Fn(&[u8]) -> pgp::errors::Result<()> + '_>,
-            bool,
-            Option<DateTime<Utc>>,
-        )> = Vec::new();
+        let mut candidates: Vec<Candidate<'_>> = Vec::new();
         if is_issuer(key.fingerprint().as_bytes(), key.key_id().as_ref()) {
             let self_sigs: Vec<&pgp::packet::Signature> = key
                 .details
@@ -458,12 +466,12 @@ pub fn verify_detached(
                 .flat_map(|u| u.signatures.iter())
                 .chain(key.details.direct_signatures.iter())
                 .collect();
-            candidates.push((
-                primary_fp.clone(),
-                Box::new(|d: &[u8]| s.verify(&key.primary_key, d)),
-                may_sign(&self_sigs),
-                key.expires_at(),
-            ));
+            candidates.push(Candidate {
+                fingerprint: primary_fp.clone(),
+                key: CandidateKey::Primary(&key.primary_key),
+                can_sign: may_sign(&self_sigs),
+                expires: key.expires_at(),
+            });
         }
         for sub in &key.public_subkeys {
             if is_issuer(sub.key.fingerprint().as_bytes(), sub.key.key_id().as_ref()) {
@@ -473,12 +481,12 @@ pub fn verify_detached(
                     .filter_map(|b| b.key_expiration_time())
                     .next()
                     .map(|d| *sub.key.created_at() + *d);
-                candidates.push((
-                    hex::encode_upper(sub.key.fingerprint().as_bytes()),
-                    Box::new(|d: &[u8]| s.verify(&sub.key, d)),
-                    may_sign(&binding),
+                candidates.push(Candidate {
+                    fingerprint: hex::encode_upper(sub.key.fingerprint().as_bytes()),
+                    key: CandidateKey::Sub(&sub.key),
+                    can_sign: may_sign(&binding),
                     expires,
-                ));
+                });
             }
         }
         if candidates.is_empty() {
@@ -496,7 +504,13 @@ pub fn verify_detached(
             )));
             continue;
         }
-        for (fp, check, can_sign, expires) in candidates {
+        for Candidate {
+            fingerprint: fp,
+            key: signer,
+            can_sign,
+            expires,
+        } in candidates
+        {
             if !can_sign {
                 last_error = Some(OpenPgpError::Invalid(format!(
                     "key {fp} is not allowed to sign"
@@ -511,7 +525,11 @@ pub fn verify_detached(
                     continue;
                 }
             }
-            match check(data) {
+            let checked = match signer {
+                CandidateKey::Primary(k) => s.verify(k, data),
+                CandidateKey::Sub(k) => s.verify(k, data),
+            };
+            match checked {
                 Ok(()) => {
                     return Ok(Verified {
                         signer_fingerprint: fp,

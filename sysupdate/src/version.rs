@@ -175,6 +175,12 @@ impl Version {
         &self.0
     }
 
+    /// Whether systemd-sysupdate accepts this version in an `@v` capture
+    /// (no `~` or `^`, which UAPI ordering knows but sysupdate refuses).
+    pub fn is_sysupdate_compatible(&self) -> bool {
+        crate::pattern::is_sysupdate_version(&self.0)
+    }
+
     /// UAPI comparison only, without the byte tie-break of `Ord`.
     pub fn cmp_uapi(&self, other: &Version) -> Ordering {
         compare(&self.0, &other.0)

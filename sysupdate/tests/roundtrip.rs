@@ -8,6 +8,7 @@ use std::path::Path;
 use proptest::collection::{btree_map, vec};
 use proptest::option;
 use proptest::prelude::*;
+use sysupdate::candidates;
 use sysupdate::manifest::{Manifest, ManifestName};
 use sysupdate::pattern::{Captures, MatchPattern, PatternTemplate};
 use sysupdate::transfer::{
@@ -205,6 +206,29 @@ proptest! {
             }
         }
         let _ = PatternTemplate::new(text);
+    }
+
+    #[test]
+    fn minor_stream_never_jumps_minor(
+        entries in vec((1u8..4, 0u16..40, prop_oneof![Just("x86-64"), Just("arm64")]), 1..30),
+        minor in 1u8..4,
+    ) {
+        let mut m = Manifest::new();
+        for (mi, patch, arch) in &entries {
+            let name = format!("kubernetes-v1.{mi}.{patch}-{arch}.raw");
+            m.insert(ManifestName::new(name).unwrap(), Sha256Digest::from_bytes([*mi; 32]));
+        }
+        let p = PatternTemplate::new(format!("kubernetes-v1.{minor}.@v-%a.raw"))
+            .unwrap()
+            .for_arch(sysupdate::Arch::X86_64)
+            .unwrap();
+        let best = candidates::newest(&m, &[p], &candidates::Policy::default()).unwrap();
+        let expected = entries
+            .iter()
+            .filter(|(mi, _, arch)| *mi == minor && *arch == "x86-64")
+            .map(|(_, patch, _)| *patch)
+            .max();
+        prop_assert_eq!(best.map(|c| c.version.to_string()), expected.map(|p| p.to_string()));
     }
 
     #[test]

@@ -527,7 +527,7 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
     }
 
     let tail: Vec<&str> = segs.iter().skip(4).map(String::as_str).collect();
-    let mut status_for_log = 0u16;
+    let mut status_for_log: u16;
     match (method.as_str(), tail.as_slice()) {
         ("GET", ["tags", tag]) => {
             let r = st.releases.iter().find(|r| r.tag == *tag).cloned();

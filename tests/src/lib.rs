@@ -44,7 +44,11 @@ pub fn bin(package: &str, name: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
-        .args(["build", "--quiet", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+        ])
         .args(["-p", package, "--bin", name]);
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
@@ -122,7 +126,8 @@ pub fn run_ok(cmd: &mut Command) -> String {
 /// nothing it mounts is visible outside and everything disappears when it
 /// exits. Needs root.
 pub fn in_private_mount_ns(script: &str) -> Output {
-    let full = format!("mount -t tmpfs -o mode=0755 tmpfs /run\nmount --make-shared /run\n{script}");
+    let full =
+        format!("mount -t tmpfs -o mode=0755 tmpfs /run\nmount --make-shared /run\n{script}");
     output(
         Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--", "sh", "-euc"])
@@ -162,7 +167,10 @@ impl SysextRoot {
 
     /// Copies `image` to `var/lib/extensions/NAME.raw`.
     pub fn add_image(&self, name: &str, image: &Path) -> PathBuf {
-        let dest = self.path().join("var/lib/extensions").join(format!("{name}.raw"));
+        let dest = self
+            .path()
+            .join("var/lib/extensions")
+            .join(format!("{name}.raw"));
         fs::copy(image, &dest).unwrap_or_else(|e| panic!("cannot copy {}: {e}", image.display()));
         dest
     }
@@ -187,7 +195,12 @@ pub fn shell_quote(s: &OsStr) -> String {
 pub fn list_dir(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
         Ok(rd) => rd
-            .map(|e| e.expect("readable dir entry").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("readable dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect(),
         Err(_) => Vec::new(),
     };
@@ -195,6 +208,6 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
     names
 }
 
-pub mod upstream;
 pub mod github;
+pub mod upstream;
 pub mod vm;

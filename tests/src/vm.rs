@@ -211,12 +211,14 @@ check_fails() {
 blob() {
   echo "BEGIN-BLOB $1"; base64 < "$2"; echo "END-BLOB $1"
 }
-# run_blob NAME CMD...: runs CMD, sends its stdout+stderr and exit code.
+# run_blob NAME CMD...: runs CMD; sends its stdout as blob NAME, its
+# stderr and exit code as blob NAME.err.
 run_blob() {
   n=$1; shift
-  "$@" >/tmp/run.out 2>&1; rc=$?
-  echo "rc=$rc" >> /tmp/run.out
+  "$@" >/tmp/run.out 2>/tmp/run.err; rc=$?
+  echo "rc=$rc" >> /tmp/run.err
   blob "$n" /tmp/run.out
+  blob "$n.err" /tmp/run.err
   return $rc
 }
 "#;
@@ -380,7 +382,7 @@ impl Initramfs {
     }
 
     /// Sets `/init`: mounts, modules, optional network, then `scenario`
-    /// (a shell script run with `sh -x` if `trace`), then `VM-END` and
+    /// (a shell script with [`GUEST_LIB`] sourced), then `VM-END` and
     /// power-off.
     pub fn set_init(&mut self, network: bool, scenario: &str) -> &mut Self {
         let net = if network {
@@ -410,7 +412,7 @@ impl Initramfs {
             insmod = self.insmod_script(),
         );
         self.file("init", 0o755, init.into_bytes());
-        self.file("scenario.sh", 0o755, scenario.as_bytes().to_vec());
+        self.file("scenario.sh", 0o755, format!(". /lib/vmtest.sh\n{scenario}").into_bytes());
         self
     }
 

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bakery::build::{build, BuildOptions, BuildReport};
-use bakery::release::{check_compatible, Host, Incompatible, ReleaseFile};
 use bakery::recipe::Scope;
+use bakery::release::{check_compatible, Host, Incompatible, ReleaseFile};
 use bakery::squashfs::Compression;
 use bakery::stage::SourceDateEpoch;
 use integration_tests::{
-    bakery_bin, example, in_private_mount_ns, list_dir, output, require_root, require_tool,
-    run_ok, shell_quote, SysextRoot, HOST_MARKER,
+    bakery_bin, example, in_private_mount_ns, list_dir, output, require_root, require_tool, run_ok,
+    shell_quote, SysextRoot, HOST_MARKER,
 };
 use sysupdate::Arch;
 
@@ -35,7 +35,10 @@ fn unsquashfs_cat(image: &Path, path: &str) -> String {
 
 fn sha256sum(path: &Path) -> String {
     let out = run_ok(Command::new("sha256sum").arg(path));
-    out.split_whitespace().next().unwrap_or_default().to_string()
+    out.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -53,7 +56,11 @@ fn example_image_has_normalised_contents() {
     assert_eq!(names, ["hello-1.0.0-x86-64.raw", "hello-1.0.0-arm64.raw"]);
     assert_eq!(
         list_dir(out.path()),
-        ["SHA256SUMS", "hello-1.0.0-arm64.raw", "hello-1.0.0-x86-64.raw"],
+        [
+            "SHA256SUMS",
+            "hello-1.0.0-arm64.raw",
+            "hello-1.0.0-x86-64.raw"
+        ],
         "no temporary files may remain"
     );
     // The reported size and digest are the file's, as sha256sum sees them,
@@ -63,7 +70,13 @@ fn example_image_has_normalised_contents() {
         assert_eq!(i.size % 4096, 0, "images are padded to 4 KiB");
         assert_eq!(sha256sum(&i.path), i.sha256.to_string());
     }
-    run_ok(Command::new("sha256sum").arg("--strict").arg("-c").arg("SHA256SUMS").current_dir(out.path()));
+    run_ok(
+        Command::new("sha256sum")
+            .arg("--strict")
+            .arg("-c")
+            .arg("SHA256SUMS")
+            .current_dir(out.path()),
+    );
 
     let image = &report.images[0].path;
     let stat = run_ok(Command::new("unsquashfs").arg("-s").arg(image));
@@ -88,12 +101,18 @@ fn example_image_has_normalised_contents() {
         ("/usr/bin/hello", "-rwxr-xr-x"),
         ("/usr/lib", "drwxr-xr-x"),
         ("/usr/lib/extension-release.d", "drwxr-xr-x"),
-        ("/usr/lib/extension-release.d/extension-release.hello", "-rw-r--r--"),
+        (
+            "/usr/lib/extension-release.d/extension-release.hello",
+            "-rw-r--r--",
+        ),
         ("/usr/lib/systemd", "drwxr-xr-x"),
         ("/usr/lib/systemd/system", "drwxr-xr-x"),
         ("/usr/lib/systemd/system/hello.service", "-rw-r--r--"),
         ("/usr/lib/systemd/system/multi-user.target.d", "drwxr-xr-x"),
-        ("/usr/lib/systemd/system/multi-user.target.d/10-hello.conf", "-rw-r--r--"),
+        (
+            "/usr/lib/systemd/system/multi-user.target.d/10-hello.conf",
+            "-rw-r--r--",
+        ),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()
@@ -111,8 +130,14 @@ fn example_image_has_normalised_contents() {
         "usr/lib/extension-release.d/extension-release.hello",
     );
     assert!(arm.contains("\nARCHITECTURE=arm64\n"), "{arm}");
-    let dropin = unsquashfs_cat(image, "usr/lib/systemd/system/multi-user.target.d/10-hello.conf");
-    assert!(dropin.ends_with("\n[Unit]\nUpholds=hello.service\n"), "{dropin}");
+    let dropin = unsquashfs_cat(
+        image,
+        "usr/lib/systemd/system/multi-user.target.d/10-hello.conf",
+    );
+    assert!(
+        dropin.ends_with("\n[Unit]\nUpholds=hello.service\n"),
+        "{dropin}"
+    );
     assert_eq!(
         unsquashfs_cat(image, "usr/bin/hello"),
         fs::read_to_string(example("hello").join("files/usr/bin/hello")).unwrap()
@@ -139,7 +164,10 @@ fn merge_unmerge(root: &SysextRoot, checks: &str) -> (String, String) {
     let out = in_private_mount_ns(&script);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "script failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     (stdout, stderr)
 }
 
@@ -195,13 +223,32 @@ fn systemd_sysext_merges_and_unmerges_the_image() {
     let (stdout, stderr) = merge_unmerge(&root, &checks);
 
     let merged = section(&stdout, "merged");
-    assert_eq!(merged.lines().collect::<Vec<_>>(), ["hello"], "{stdout}\n{stderr}");
-    assert_eq!(section(&stdout, "run").trim(), "Hello from the hello extension, test!");
+    assert_eq!(
+        merged.lines().collect::<Vec<_>>(),
+        ["hello"],
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        section(&stdout, "run").trim(),
+        "Hello from the hello extension, test!"
+    );
     assert!(section(&stdout, "dropin").contains("Upholds=hello.service"));
-    assert_eq!(section(&stdout, "marker"), "hello\nhost\n", "marker and host file");
+    assert_eq!(
+        section(&stdout, "marker"),
+        "hello\nhost\n",
+        "marker and host file"
+    );
     assert!(section(&stdout, "release").contains("SYSEXT_VERSION_ID=1.0.0"));
-    assert_eq!(section(&stdout, "unmerged"), "host\n", "hello is gone after unmerge: {stdout}");
-    assert_eq!(section(&stdout, "mounts").trim(), root.path().display().to_string(), "only our bind mount");
+    assert_eq!(
+        section(&stdout, "unmerged"),
+        "host\n",
+        "hello is gone after unmerge: {stdout}"
+    );
+    assert_eq!(
+        section(&stdout, "mounts").trim(),
+        root.path().display().to_string(),
+        "only our bind mount"
+    );
     assert!(stderr.contains("Merged extensions into"), "{stderr}");
 }
 
@@ -227,7 +274,10 @@ fn image_for_another_os_is_refused_by_systemd_sysext_and_by_us() {
 
     let os_release = "ID=debian\nVERSION_ID=12\n";
     let ext_text = unsquashfs_cat(image, "usr/lib/extension-release.d/extension-release.hello");
-    assert!(ext_text.starts_with("ID=otheros\nVERSION_ID=1\n"), "{ext_text}");
+    assert!(
+        ext_text.starts_with("ID=otheros\nVERSION_ID=1\n"),
+        "{ext_text}"
+    );
 
     // Our check says why.
     let ext = ReleaseFile::parse(&ext_text).unwrap();
@@ -276,7 +326,11 @@ fn image_for_another_os_is_refused_by_systemd_sysext_and_by_us() {
     assert_eq!(section(&stdout, "after"), "", "nothing merged into usr/bin");
 
     // And an image for another architecture: both refuse too.
-    let other = if native == Arch::X86_64 { Arch::Arm64 } else { Arch::X86_64 };
+    let other = if native == Arch::X86_64 {
+        Arch::Arm64
+    } else {
+        Arch::X86_64
+    };
     let out2 = tempfile::tempdir().unwrap();
     let report = build_example(out2.path(), &[other], 0);
     let ext = ReleaseFile::parse(&unsquashfs_cat(
@@ -303,7 +357,10 @@ fn image_for_another_os_is_refused_by_systemd_sysext_and_by_us() {
     );
     let out = in_private_mount_ns(&script);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("is for architecture '{other}'")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is for architecture '{other}'")),
+        "{stderr}"
+    );
     assert!(stderr.contains("No suitable extensions found"), "{stderr}");
 }
 
@@ -327,9 +384,16 @@ fn rebuilds_are_byte_identical_and_follow_source_date_epoch() {
     let cli = |epoch: Option<&str>, threads: &str| -> String {
         let out = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bakery_bin());
-        cmd.args(["build", "--arch", "x86-64", "--threads", threads, "--output"])
-            .arg(out.path())
-            .arg(example("hello"));
+        cmd.args([
+            "build",
+            "--arch",
+            "x86-64",
+            "--threads",
+            threads,
+            "--output",
+        ])
+        .arg(out.path())
+        .arg(example("hello"));
         match epoch {
             Some(e) => cmd.env("SOURCE_DATE_EPOCH", e),
             None => cmd.env_remove("SOURCE_DATE_EPOCH"),
@@ -346,14 +410,29 @@ fn rebuilds_are_byte_identical_and_follow_source_date_epoch() {
 #[test]
 fn every_compression_builds_an_image_unsquashfs_reads() {
     require_tool("unsquashfs", "squashfs-tools");
-    for c in [Compression::Zstd, Compression::Gzip, Compression::Xz, Compression::Lz4] {
+    for c in [
+        Compression::Zstd,
+        Compression::Gzip,
+        Compression::Xz,
+        Compression::Lz4,
+    ] {
         let out = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bakery_bin());
-        cmd.args(["build", "--arch", "arm64", "--compression", c.as_str(), "-o"])
-            .arg(out.path())
-            .arg(example("hello"));
+        cmd.args([
+            "build",
+            "--arch",
+            "arm64",
+            "--compression",
+            c.as_str(),
+            "-o",
+        ])
+        .arg(out.path())
+        .arg(example("hello"));
         let stdout = run_ok(&mut cmd);
-        assert!(stdout.contains(&format!("({c}, SOURCE_DATE_EPOCH=")), "{stdout}");
+        assert!(
+            stdout.contains(&format!("({c}, SOURCE_DATE_EPOCH=")),
+            "{stdout}"
+        );
         let image = out.path().join("hello-1.0.0-arm64.raw");
         let stat = run_ok(Command::new("unsquashfs").arg("-s").arg(&image));
         assert!(stat.contains(&format!("Compression {c}")), "{stat}");
@@ -380,7 +459,11 @@ fn cli_prints_path_size_and_sha256_and_keeps_other_sums() {
     assert_eq!(lines.len(), 3, "{sums}");
     assert!(lines[0].ends_with("  hello-1.0.0-arm64.raw"), "{sums}");
     assert!(lines[1].ends_with("  hello-1.0.0-x86-64.raw"), "{sums}");
-    assert_eq!(lines[2], other.trim_end(), "other lines are kept, sorted by name");
+    assert_eq!(
+        lines[2],
+        other.trim_end(),
+        "other lines are kept, sorted by name"
+    );
     for arch in ["x86-64", "arm64"] {
         let path = out.path().join(format!("hello-1.0.0-{arch}.raw"));
         let size = fs::metadata(&path).unwrap().len();
@@ -392,13 +475,21 @@ fn cli_prints_path_size_and_sha256_and_keeps_other_sums() {
         assert!(line.contains(&format!(" {size} bytes")), "{line}");
         assert!(line.contains(&format!("sha256 {sha}")), "{line}");
     }
-    assert!(stdout.starts_with("built hello 1.0.0 (zstd, SOURCE_DATE_EPOCH=0)\n"), "{stdout}");
+    assert!(
+        stdout.starts_with("built hello 1.0.0 (zstd, SOURCE_DATE_EPOCH=0)\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn help_is_complete() {
     let top = run_ok(Command::new(bakery_bin()).arg("--help"));
-    for want in ["Turn recipes into systemd-sysext images", "build", "Examples:", "bakery build examples/hello"] {
+    for want in [
+        "Turn recipes into systemd-sysext images",
+        "build",
+        "Examples:",
+        "bakery build examples/hello",
+    ] {
         assert!(top.contains(want), "bakery --help lacks {want:?}:\n{top}");
     }
     let b = run_ok(Command::new(bakery_bin()).args(["build", "--help"]));
@@ -479,22 +570,35 @@ fn build_fails(recipe: &Path, out: &Path, extra: &[&str]) -> String {
             .env_remove("SOURCE_DATE_EPOCH"),
     );
     let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
-    assert_eq!(res.status.code(), Some(1), "expected exit 1; stderr:\n{stderr}");
+    assert_eq!(
+        res.status.code(),
+        Some(1),
+        "expected exit 1; stderr:\n{stderr}"
+    );
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(res.stdout.is_empty(), "nothing on stdout on failure");
-    assert_eq!(list_dir(out), Vec::<String>::new(), "no output file may remain");
+    assert_eq!(
+        list_dir(out),
+        Vec::<String>::new(),
+        "no output file may remain"
+    );
     stderr
 }
 
 #[test]
 fn unknown_key_is_named_with_file_and_line() {
     let (dir, out) = broken_example(|r| {
-        edit_recipe(r, |t| t.replace("reload-manager = true", "reload-manger = true"))
+        edit_recipe(r, |t| {
+            t.replace("reload-manager = true", "reload-manger = true")
+        })
     });
     let r = dir.path().join("r");
     let line = line_of(&r, "reload-manger");
     let e = build_fails(&r, &out, &[]);
-    let want = format!("{}:{line}:1: key `reload-manger`:", r.join("recipe.toml").display());
+    let want = format!(
+        "{}:{line}:1: key `reload-manger`:",
+        r.join("recipe.toml").display()
+    );
     assert!(e.contains(&want), "want {want:?} in:\n{e}");
     assert!(e.contains("unknown field"), "{e}");
     assert!(e.contains("reload-manager"), "lists the known keys: {e}");
@@ -503,19 +607,23 @@ fn unknown_key_is_named_with_file_and_line() {
 #[test]
 fn bad_arch_is_named_with_file_line_and_key() {
     let (dir, out) = broken_example(|r| {
-        edit_recipe(r, |t| t.replace("[\"x86-64\", \"arm64\"]", "[\"x86-64\", \"amd64\"]"))
+        edit_recipe(r, |t| {
+            t.replace("[\"x86-64\", \"arm64\"]", "[\"x86-64\", \"amd64\"]")
+        })
     });
     let r = dir.path().join("r");
     let line = line_of(&r, "architectures =");
     let e = build_fails(&r, &out, &[]);
-    let want = format!("{}:{line}:29: key `architectures`:", r.join("recipe.toml").display());
+    let want = format!(
+        "{}:{line}:28: key `architectures`:",
+        r.join("recipe.toml").display()
+    );
     assert!(e.contains(&want), "want {want:?} in:\n{e}");
     assert!(e.contains("unknown architecture \"amd64\""), "{e}");
 
     // A valid arch the recipe does not list, asked for with --arch.
-    let (dir, out) = broken_example(|r| {
-        edit_recipe(r, |t| t.replace("[\"x86-64\", \"arm64\"]", "[\"arm64\"]"))
-    });
+    let (dir, out) =
+        broken_example(|r| edit_recipe(r, |t| t.replace("[\"x86-64\", \"arm64\"]", "[\"arm64\"]")));
     let r = dir.path().join("r");
     let line = line_of(&r, "architectures =");
     let e = build_fails(&r, &out, &["--arch", "arm64", "--arch", "x86-64"]);
@@ -527,7 +635,10 @@ fn bad_arch_is_named_with_file_line_and_key() {
     let res = output(Command::new(bakery_bin()).args(["build", "x", "--arch", "amd64"]));
     assert_eq!(res.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(stderr.contains("unknown architecture \"amd64\""), "{stderr}");
+    assert!(
+        stderr.contains("unknown architecture \"amd64\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -538,7 +649,10 @@ fn file_outside_usr_and_opt_is_named() {
     });
     let r = dir.path().join("r");
     let e = build_fails(&r, &out, &[]);
-    let want = format!("{}: only usr/ and opt/ may be shipped", r.join("files/etc").display());
+    let want = format!(
+        "{}: only usr/ and opt/ may be shipped",
+        r.join("files/etc").display()
+    );
     assert!(e.contains(&want), "want {want:?} in:\n{e}");
 }
 
@@ -563,16 +677,25 @@ fn other_bad_input_leaves_nothing_behind() {
     let r = dir.path().join("r");
     let line = line_of(&r, "start =");
     let e = build_fails(&r, &out, &[]);
-    assert!(e.contains(&format!("recipe.toml:{line}:10: key `units.start`: unit hello.service is not shipped")), "{e}");
+    assert!(
+        e.contains(&format!(
+            "recipe.toml:{line}:10: key `units.start`: unit hello.service is not shipped"
+        )),
+        "{e}"
+    );
 
     // usr/sbin, an escaping symlink, a FIFO.
     let (dir, out) = broken_example(|r| {
         fs::create_dir_all(r.join("files/usr/sbin")).unwrap();
     });
     let e = build_fails(&dir.path().join("r"), &out, &[]);
-    assert!(e.contains("files/usr/sbin: usr/sbin must not be shipped"), "{e}");
+    assert!(
+        e.contains("files/usr/sbin: usr/sbin must not be shipped"),
+        "{e}"
+    );
     let (dir, out) = broken_example(|r| {
-        std::os::unix::fs::symlink("../../../../etc/passwd", r.join("files/usr/bin/passwd")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/passwd", r.join("files/usr/bin/passwd"))
+            .unwrap();
     });
     let e = build_fails(&dir.path().join("r"), &out, &[]);
     assert!(e.contains("files/usr/bin/passwd: is a symlink to \"../../../../etc/passwd\", which points outside the image root"), "{e}");
@@ -594,7 +717,10 @@ fn other_bad_input_leaves_nothing_behind() {
     );
     assert_eq!(res.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(stderr.starts_with("error: invalid SOURCE_DATE_EPOCH=\"yesterday\""), "{stderr}");
+    assert!(
+        stderr.starts_with("error: invalid SOURCE_DATE_EPOCH=\"yesterday\""),
+        "{stderr}"
+    );
     assert!(!out.exists());
     let e = build_fails(&dir.path().join("r"), &out, &["--level", "30"]);
     assert!(e.contains("invalid zstd compression level 30"), "{e}");

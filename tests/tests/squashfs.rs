@@ -11,7 +11,9 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use bakery::squashfs::{write_squashfs, Compression, SquashfsError, SquashfsOptions, SquashfsStats};
+use bakery::squashfs::{
+    write_squashfs, Compression, SquashfsError, SquashfsOptions, SquashfsStats,
+};
 use bakery::tree::{DirNode, EntryName, FileContent, FileNode, Node, StagedTree, SymlinkNode};
 use integration_tests::{in_private_mount_ns, require_root, require_tool, run_ok, shell_quote};
 
@@ -38,8 +40,18 @@ impl Rng {
     /// Compressible, text-like bytes.
     fn text(&mut self, n: usize) -> Vec<u8> {
         const WORDS: [&str; 12] = [
-            "sysext ", "usr ", "lib ", "extension ", "overlay ", "verity ", "\n", "squashfs ",
-            "0123 ", "image ", "root ", "hash ",
+            "sysext ",
+            "usr ",
+            "lib ",
+            "extension ",
+            "overlay ",
+            "verity ",
+            "\n",
+            "squashfs ",
+            "0123 ",
+            "image ",
+            "root ",
+            "hash ",
         ];
         let mut v = Vec::with_capacity(n + 16);
         while v.len() < n {
@@ -113,7 +125,11 @@ fn make_source(root: &Path) {
             }
         }
     }
-    write_file(&r(&format!("usr/share/{}", "x".repeat(255))), b"longest name\n", 0o644);
+    write_file(
+        &r(&format!("usr/share/{}", "x".repeat(255))),
+        b"longest name\n",
+        0o644,
+    );
 
     // Deep directories.
     let mut deep = r("usr/share/deep");
@@ -153,7 +169,10 @@ fn tree_from_dir(root: &Path, mtime: u32) -> StagedTree {
                 Node::Dir(dir(&p))
             } else if md.file_type().is_symlink() {
                 Node::Symlink(SymlinkNode {
-                    target: fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes(),
+                    target: fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
                 })
             } else {
                 Node::File(FileNode {
@@ -187,7 +206,11 @@ struct Expect {
 
 fn expected(tree: &StagedTree) -> BTreeMap<String, Expect> {
     fn walk(d: &DirNode, path: &str, out: &mut BTreeMap<String, Expect>) {
-        let subdirs = d.entries.values().filter(|n| matches!(n, Node::Dir(_))).count() as u64;
+        let subdirs = d
+            .entries
+            .values()
+            .filter(|n| matches!(n, Node::Dir(_)))
+            .count() as u64;
         out.insert(
             path.to_string(),
             Expect {
@@ -255,14 +278,17 @@ fn fixture() -> (tempfile::TempDir, StagedTree) {
             content: FileContent::Bytes(b"ID=_any\nSYSEXT_SCOPE=system\n".to_vec()),
         }),
     );
-    lib.entries
-        .insert(EntryName::new("extension-release.d").unwrap(), Node::Dir(release));
+    lib.entries.insert(
+        EntryName::new("extension-release.d").unwrap(),
+        Node::Dir(release),
+    );
     (dir, tree)
 }
 
 fn build(tree: &StagedTree, out: &Path, opts: &SquashfsOptions) -> SquashfsStats {
     let mut f = fs::File::create(out).unwrap();
-    let stats = write_squashfs(tree, &mut f, opts).unwrap_or_else(|e| panic!("write_squashfs: {e}"));
+    let stats =
+        write_squashfs(tree, &mut f, opts).unwrap_or_else(|e| panic!("write_squashfs: {e}"));
     f.sync_all().unwrap();
     assert_eq!(fs::metadata(out).unwrap().len(), stats.bytes_written);
     stats
@@ -304,10 +330,16 @@ fn check_image(image: &Path, expect: &BTreeMap<String, Expect>, c: Compression) 
     // Superblock as squashfs-tools sees it.
     let s = run_ok(Command::new("unsquashfs").arg("-s").arg(image));
     assert!(s.contains("Found a valid SQUASHFS 4:0 superblock"), "{s}");
-    assert!(s.lines().any(|l| l == format!("Compression {c}")), "unsquashfs -s:\n{s}");
+    assert!(
+        s.lines().any(|l| l == format!("Compression {c}")),
+        "unsquashfs -s:\n{s}"
+    );
     assert!(s.contains("Block size 131072"), "{s}");
     assert!(s.contains("Number of ids 1"), "{s}");
-    assert!(s.contains(&format!("Number of inodes {}", expect.len())), "{s}");
+    assert!(
+        s.contains(&format!("Number of inodes {}", expect.len())),
+        "{s}"
+    );
     let fstime = run_ok(Command::new("unsquashfs").arg("-mkfs-time").arg(image));
     assert_eq!(fstime.trim(), MTIME.to_string());
 
@@ -322,7 +354,10 @@ fn check_image(image: &Path, expect: &BTreeMap<String, Expect>, c: Compression) 
     for line in lln.lines().filter(|l| !l.is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert!(f.len() >= 6, "unexpected -lln line {line:?}");
-        let path = f[5].strip_prefix("squashfs-root").unwrap().trim_start_matches('/');
+        let path = f[5]
+            .strip_prefix("squashfs-root")
+            .unwrap()
+            .trim_start_matches('/');
         let e = expect
             .get(path)
             .unwrap_or_else(|| panic!("unsquashfs lists {path:?}, which is not in the tree"));
@@ -338,7 +373,11 @@ fn check_image(image: &Path, expect: &BTreeMap<String, Expect>, c: Compression) 
         }
         assert_eq!(format!("{} {}", f[3], f[4]), MTIME_TEXT, "mtime of {path}");
         if let Kind::Symlink(t) = &e.kind {
-            assert_eq!(f.get(6..8), Some(&["->", &*String::from_utf8_lossy(t)][..]), "{line}");
+            assert_eq!(
+                f.get(6..8),
+                Some(&["->", &*String::from_utf8_lossy(t)][..]),
+                "{line}"
+            );
         }
         seen += 1;
     }
@@ -417,7 +456,10 @@ fn compare_dir(root: &Path, expect: &BTreeMap<String, Expect>, what: &str) {
             }
             out.insert(rel.to_string(), (mode, Kind::Dir { subdirs }));
         } else if md.file_type().is_symlink() {
-            let t = fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes();
+            let t = fs::read_link(&p)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes();
             out.insert(rel.to_string(), (0o777, Kind::Symlink(t)));
         } else {
             out.insert(rel.to_string(), (mode, Kind::File(fs::read(&p).unwrap())));
@@ -460,9 +502,15 @@ fn stats_show_duplicates_sparse_fragments_and_raw_blocks() {
     assert_eq!(s.duplicate_files, 1 + same - 1, "{s:?}");
     // usr/bin/zeros (4) and the zero region of big (3; big-copy is shared).
     assert_eq!(s.sparse_blocks, 7, "{s:?}");
-    assert!(s.uncompressed_blocks >= 6, "random blocks are stored raw: {s:?}");
+    assert!(
+        s.uncompressed_blocks >= 6,
+        "random blocks are stored raw: {s:?}"
+    );
     assert!(s.fragment_blocks >= 2, "{s:?}");
-    assert_eq!(s.bytes_used + (4096 - s.bytes_used % 4096) % 4096, s.bytes_written);
+    assert_eq!(
+        s.bytes_used + (4096 - s.bytes_used % 4096) % 4096,
+        s.bytes_written
+    );
 }
 
 #[test]
@@ -513,8 +561,20 @@ fn matches_mksquashfs_listing_data_and_size() {
             .arg(&src)
             .arg(&theirs)
             .args(["-comp", "zstd", "-Xcompression-level", "15", "-b", "128K"])
-            .args(["-noappend", "-all-root", "-no-progress", "-quiet", "-processors", "2"])
-            .args(["-mkfs-time", &MTIME.to_string(), "-all-time", &MTIME.to_string()]),
+            .args([
+                "-noappend",
+                "-all-root",
+                "-no-progress",
+                "-quiet",
+                "-processors",
+                "2",
+            ])
+            .args([
+                "-mkfs-time",
+                &MTIME.to_string(),
+                "-all-time",
+                &MTIME.to_string(),
+            ]),
     );
     // The whole pseudo-file output, definitions and data, must be equal.
     let pf = |img: &Path, name: &str| {
@@ -529,7 +589,10 @@ fn matches_mksquashfs_listing_data_and_size() {
         fs::read(out).unwrap()
     };
     let (a, b) = (pf(&ours, "ours.pf"), pf(&theirs, "theirs.pf"));
-    assert!(a == b, "unsquashfs -pf differs between our image and mksquashfs'");
+    assert!(
+        a == b,
+        "unsquashfs -pf differs between our image and mksquashfs'"
+    );
     let (a, b) = (
         fs::metadata(&ours).unwrap().len(),
         fs::metadata(&theirs).unwrap().len(),
@@ -595,8 +658,15 @@ fn kernel_mounts_the_image() {
                 Kind::File(_) => ("f", 1),
                 Kind::Symlink(_) => ("l", 1),
             };
-            assert_eq!((f[1], f[6]), (ty, nlink.to_string().as_str()), "{c}: {line}");
-            assert!(inos.insert(f[7].to_string()), "{c}: inode number reused: {line}");
+            assert_eq!(
+                (f[1], f[6]),
+                (ty, nlink.to_string().as_str()),
+                "{c}: {line}"
+            );
+            assert!(
+                inos.insert(f[7].to_string()),
+                "{c}: inode number reused: {line}"
+            );
             n += 1;
         }
         assert_eq!(n, expect.len(), "{c}: find saw every inode once");
@@ -631,13 +701,17 @@ fn single_file_tree(content: FileContent) -> StagedTree {
     };
     usr.entries.insert(
         EntryName::new("f").unwrap(),
-        Node::File(FileNode { mode: 0o644, content }),
+        Node::File(FileNode {
+            mode: 0o644,
+            content,
+        }),
     );
     let mut root = DirNode {
         mode: 0o755,
         entries: BTreeMap::new(),
     };
-    root.entries.insert(EntryName::new("usr").unwrap(), Node::Dir(usr));
+    root.entries
+        .insert(EntryName::new("usr").unwrap(), Node::Dir(usr));
     StagedTree { root, mtime: 0 }
 }
 
@@ -653,7 +727,10 @@ fn bad_sources_are_named_in_errors() {
     let missing = dir.path().join("missing-file");
     let e = write_err(&single_file_tree(FileContent::Path(missing.clone())));
     let msg = e.to_string();
-    assert!(msg.contains(&missing.display().to_string()) && msg.contains("/usr/f"), "{msg}");
+    assert!(
+        msg.contains(&missing.display().to_string()) && msg.contains("/usr/f"),
+        "{msg}"
+    );
 
     let fifo = dir.path().join("fifo");
     run_ok(Command::new("mkfifo").arg(&fifo));
@@ -666,7 +743,10 @@ fn bad_sources_are_named_in_errors() {
     let link = dir.path().join("link");
     symlink("/etc/passwd", &link).unwrap();
     let msg = write_err(&single_file_tree(FileContent::Path(link.clone()))).to_string();
-    assert!(msg.contains("not a regular file"), "symlinks are not followed: {msg}");
+    assert!(
+        msg.contains("not a regular file"),
+        "symlinks are not followed: {msg}"
+    );
 
     let mut tree = single_file_tree(FileContent::Bytes(vec![]));
     tree.root.entries.insert(
@@ -707,7 +787,9 @@ fn bad_options_are_rejected_before_writing() {
     ] {
         let p = dir.path().join("img");
         let mut f = fs::File::create(&p).unwrap();
-        let msg = write_squashfs(&tree, &mut f, &o).expect_err("must fail").to_string();
+        let msg = write_squashfs(&tree, &mut f, &o)
+            .expect_err("must fail")
+            .to_string();
         assert!(msg.contains(needle), "{msg}");
         assert_eq!(fs::metadata(&p).unwrap().len(), 0, "nothing written");
     }
@@ -741,7 +823,11 @@ fn non_default_levels_and_block_sizes_are_readable() {
         build(&tree, &image, &o);
         let s = run_ok(Command::new("unsquashfs").arg("-s").arg(&image));
         assert!(s.contains(&format!("Block size {}", o.block_size)), "{s}");
-        assert!(s.lines().any(|l| l == format!("Compression {}", o.compression)), "{s}");
+        assert!(
+            s.lines()
+                .any(|l| l == format!("Compression {}", o.compression)),
+            "{s}"
+        );
         if let Some(level) = o.level.filter(|_| o.compression != Compression::Xz) {
             assert!(s.contains(&format!("compression-level {level}")), "{s}");
         }

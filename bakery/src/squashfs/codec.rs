@@ -42,7 +42,10 @@ enum Engine {
     Zstd(zstd::bulk::Compressor<'static>),
     Gzip(Compress),
     /// Preset and dictionary size (`LzmaOptions` itself is not `Send`).
-    Xz { preset: u32, dict: u32 },
+    Xz {
+        preset: u32,
+        dict: u32,
+    },
     Lz4,
 }
 
@@ -62,9 +65,7 @@ impl Codec {
         let engine = match c {
             Compression::Zstd => {
                 let level = opts.level.unwrap_or(15);
-                Engine::Zstd(
-                    zstd::bulk::Compressor::new(level).map_err(|e| fail(e.to_string()))?,
-                )
+                Engine::Zstd(zstd::bulk::Compressor::new(level).map_err(|e| fail(e.to_string()))?)
             }
             Compression::Gzip => {
                 let level = opts.level.unwrap_or(9) as u32;
@@ -144,8 +145,8 @@ impl Codec {
             }
             Engine::Lz4 => {
                 dst.resize(lz4_flex::block::get_maximum_output_size(src.len()), 0);
-                let n = lz4_flex::block::compress_into(src, dst)
-                    .map_err(|e| fail(e.to_string()))?;
+                let n =
+                    lz4_flex::block::compress_into(src, dst).map_err(|e| fail(e.to_string()))?;
                 dst.truncate(n);
             }
         }

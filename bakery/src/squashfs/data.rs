@@ -622,7 +622,13 @@ impl<'f, 'a> Reader<'f, 'a> {
 
     /// Fills `buf` from `offset` of file `idx`. With `last`, also checks that
     /// the file ends right after `buf`.
-    fn read(&mut self, idx: usize, offset: u64, buf: &mut [u8], last: bool) -> Result<(), SquashfsError> {
+    fn read(
+        &mut self,
+        idx: usize,
+        offset: u64,
+        buf: &mut [u8],
+        last: bool,
+    ) -> Result<(), SquashfsError> {
         let f = &self.files[idx];
         match f.src {
             Src::Bytes(b) => {

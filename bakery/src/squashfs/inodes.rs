@@ -136,10 +136,7 @@ impl TableWriter<'_, '_, '_> {
         self.dirs.write(self.codec, &listing.bytes[done..])?;
 
         let file_size = listing.bytes.len() as u64 + 3;
-        let names: usize = listed
-            .iter()
-            .map(|e| e.name.len() + DIR_ENTRY_SIZE)
-            .sum();
+        let names: usize = listed.iter().map(|e| e.name.len() + DIR_ENTRY_SIZE).sum();
         // mksquashfs' rule for the extended form (which carries the index).
         let extended = listed.len() >= 257 || names >= METADATA_SIZE || file_size > 0xFFFF;
         let nlink = subdirs + 2;

@@ -172,7 +172,9 @@ pub struct SquashfsStats {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SquashfsError {
-    #[error("invalid squashfs block size {0}: use a power of two from 4096 to 1048576 (default 131072)")]
+    #[error(
+        "invalid squashfs block size {0}: use a power of two from 4096 to 1048576 (default 131072)"
+    )]
     BlockSize(u32),
     #[error("invalid {compression} compression level {level}: {allowed}")]
     Level {
@@ -347,7 +349,8 @@ pub fn write_squashfs(
         fragment_table_start,
     };
     let out = sink.finish()?;
-    out.seek(SeekFrom::Start(base)).map_err(SquashfsError::Write)?;
+    out.seek(SeekFrom::Start(base))
+        .map_err(SquashfsError::Write)?;
     out.write_all(&superblock.to_bytes())
         .map_err(SquashfsError::Write)?;
     out.seek(SeekFrom::Start(base + padded))

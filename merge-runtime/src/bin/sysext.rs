@@ -143,28 +143,43 @@ fn run(cli: Cli) -> Result<()> {
                         .join(" "),
                     other => other.as_str().unwrap_or("none").to_string(),
                 };
-                t.row([h.hierarchy.clone(), exts, h.since.map(format_usec).unwrap_or("-".into())]);
+                t.row([
+                    h.hierarchy.clone(),
+                    exts,
+                    h.since.map(format_usec).unwrap_or("-".into()),
+                ]);
             }
             t.print(legend);
-            let mut images = Table::new(["extension", "hierarchy", "verification", "root hash", "signer"]);
+            // One row per image: every merged hierarchy records the same set.
+            let mut images = Table::new(["extension", "verification", "root hash", "signer"]);
+            let mut seen = std::collections::BTreeSet::new();
             for h in &r.hierarchies {
                 for i in &h.images {
+                    if !seen.insert(i.name.clone()) {
+                        continue;
+                    }
                     images.row([
                         i.name.clone(),
-                        h.hierarchy.clone(),
                         i.verification.as_str().to_string(),
-                        i.root_hash.as_deref().map(|s| s[..s.len().min(16)].to_string()).unwrap_or("-".into()),
+                        i.root_hash
+                            .as_deref()
+                            .map(|s| s[..s.len().min(16)].to_string())
+                            .unwrap_or("-".into()),
                         i.signer.clone().unwrap_or("-".into()),
                     ]);
                 }
                 if h.merged_by.as_deref() == Some("systemd-sysext") {
-                    images.row([
-                        "*".into(),
-                        h.hierarchy.clone(),
-                        "unknown (merged by systemd-sysext)".into(),
-                        "-".into(),
-                        "-".into(),
-                    ]);
+                    let exts = h.extensions.as_array().cloned().unwrap_or_default();
+                    for e in exts.iter().filter_map(|v| v.as_str()) {
+                        if seen.insert(e.to_string()) {
+                            images.row([
+                                e.to_string(),
+                                "unknown (merged by systemd-sysext)".into(),
+                                "-".into(),
+                                "-".into(),
+                            ]);
+                        }
+                    }
                 }
             }
             if !images.rows.is_empty() {
@@ -180,7 +195,11 @@ fn run(cli: Cli) -> Result<()> {
                 println!(
                     "\nPolicy: {} (from {src}); kernel dm-verity: {}",
                     r.policy.policy,
-                    if r.kernel_dm_verity { "present" } else { "absent (user-space verification)" }
+                    if r.kernel_dm_verity {
+                        "present"
+                    } else {
+                        "absent (user-space verification)"
+                    }
                 );
             }
         }
@@ -207,7 +226,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             t.print(legend);
             for m in &r.masked {
-                eprintln!("{} is masked by the empty directory {}", m.name, m.path.display());
+                eprintln!(
+                    "{} is masked by the empty directory {}",
+                    m.name,
+                    m.path.display()
+                );
             }
             for s in &r.skipped {
                 eprintln!("Ignoring {}: {}", s.path.display(), s.reason);
@@ -247,8 +270,12 @@ fn run(cli: Cli) -> Result<()> {
                     for h in &r.hierarchies {
                         let how = match h.swap {
                             Swap::Mounted => "Merged extensions into",
-                            Swap::Beneath => "Replaced the merged tree (mounted beneath, no gap) on",
-                            Swap::Stacked => "Stacked the new merged tree (kernel lacks MOVE_MOUNT_BENEATH) on",
+                            Swap::Beneath => {
+                                "Replaced the merged tree (mounted beneath, no gap) on"
+                            }
+                            Swap::Stacked => {
+                                "Stacked the new merged tree (kernel lacks MOVE_MOUNT_BENEATH) on"
+                            }
                             Swap::Unmerged => "Unmerged",
                         };
                         eprintln!("{how} '{}'.", h.hierarchy);
@@ -281,7 +308,10 @@ fn run(cli: Cli) -> Result<()> {
                 "  signer:    {}",
                 r.signer.as_deref().unwrap_or("none (not signed)")
             );
-            println!("  checked:   {} bytes, every block, in user space", r.data_bytes);
+            println!(
+                "  checked:   {} bytes, every block, in user space",
+                r.data_bytes
+            );
             println!("  policy:    {}", r.policy.policy);
         }
     }
@@ -371,7 +401,10 @@ mod tests {
     #[test]
     fn formats_like_systemd() {
         // 1795314366108436 µs was printed by systemd-sysext as this:
-        assert_eq!(format_usec(1_795_314_366_108_436), "Sun 2026-11-22 02:26:06 UTC");
+        assert_eq!(
+            format_usec(1_795_314_366_108_436),
+            "Sun 2026-11-22 02:26:06 UTC"
+        );
         assert_eq!(format_usec(0), "Thu 1970-01-01 00:00:00 UTC");
     }
 }
