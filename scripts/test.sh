@@ -17,6 +17,8 @@ packages=(
   util-linux        # unshare, losetup
   python3
   libc6-arm64-cross binutils # a real aarch64 ELF (ld.so) for the arch lint; readelf oracle
+  qemu-system-x86 linux-image-amd64 # VM tests: Debian's kernel with dm-verity under TCG
+  busybox-static cpio kmod dmsetup  # VM initramfs: shell + applets, cpio oracle, modules, dmsetup oracle
 )
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive

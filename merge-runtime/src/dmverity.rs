@@ -103,7 +103,10 @@ impl DevId {
             source,
         })?;
         if !md.file_type().is_block_device() {
-            return Err(DmError::Invalid(format!("{} is not a block device", path.display())));
+            return Err(DmError::Invalid(format!(
+                "{} is not a block device",
+                path.display()
+            )));
         }
         Ok(DevId::from_raw(md.rdev()))
     }
@@ -242,7 +245,9 @@ impl DmBuf {
 
     fn set_uuid(&mut self, uuid: &str) -> Result<(), DmError> {
         if uuid.len() >= DM_UUID_LEN || uuid.contains('\0') {
-            return Err(DmError::Invalid(format!("device-mapper uuid {uuid:?} is too long")));
+            return Err(DmError::Invalid(format!(
+                "device-mapper uuid {uuid:?} is too long"
+            )));
         }
         self.buf[hdr::UUID..hdr::UUID + uuid.len()].copy_from_slice(uuid.as_bytes());
         Ok(())
@@ -251,7 +256,9 @@ impl DmBuf {
     /// Appends one target spec with its parameter string.
     fn set_target(&mut self, sectors: u64, target: &str, params: &str) -> Result<(), DmError> {
         if target.len() >= DM_MAX_TYPE_NAME {
-            return Err(DmError::Invalid(format!("target type {target:?} is too long")));
+            return Err(DmError::Invalid(format!(
+                "target type {target:?} is too long"
+            )));
         }
         let at = DM_IOCTL_SIZE;
         let plen = params.len() + 1;
@@ -264,7 +271,8 @@ impl DmBuf {
         put_u32(&mut self.buf, at + 16, 0);
         put_u32(&mut self.buf, at + 20, total as u32);
         self.buf[at + 24..at + 24 + target.len()].copy_from_slice(target.as_bytes());
-        self.buf[at + TARGET_SPEC_SIZE..at + TARGET_SPEC_SIZE + params.len()].copy_from_slice(params.as_bytes());
+        self.buf[at + TARGET_SPEC_SIZE..at + TARGET_SPEC_SIZE + params.len()]
+            .copy_from_slice(params.as_bytes());
         put_u32(&mut self.buf, hdr::TARGET_COUNT, 1);
         Ok(())
     }
@@ -318,7 +326,13 @@ impl DmControl {
         // by its payload. `b.buf` is BUFFER_SIZE bytes long, and the header's
         // data_size says exactly that, so the kernel reads and writes only
         // within the buffer, which lives across the call.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), dm_request(cmd) as _, b.buf.as_mut_ptr()) };
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                dm_request(cmd) as _,
+                b.buf.as_mut_ptr(),
+            )
+        };
         if r < 0 {
             return Err(DmError::Ioctl {
                 op,
@@ -334,7 +348,9 @@ impl DmControl {
         let mut b = DmBuf::new("", 0)?;
         self.ioctl(DM_LIST_VERSIONS_CMD, "list-versions", &mut b)?;
         if b.flags() & DM_BUFFER_FULL_FLAG != 0 {
-            return Err(DmError::Invalid("target list does not fit the buffer".into()));
+            return Err(DmError::Invalid(
+                "target list does not fit the buffer".into(),
+            ));
         }
         // struct dm_target_versions { u32 next; u32 version[3]; char name[]; }
         let p = b.payload().to_vec();
@@ -342,7 +358,11 @@ impl DmControl {
         let mut at = 0usize;
         while at + 16 <= p.len() {
             let next = get_u32(&p, at) as usize;
-            let v = [get_u32(&p, at + 4), get_u32(&p, at + 8), get_u32(&p, at + 12)];
+            let v = [
+                get_u32(&p, at + 4),
+                get_u32(&p, at + 8),
+                get_u32(&p, at + 12),
+            ];
             out.push((c_str(&p[at + 16..]), v));
             if next == 0 {
                 break;
@@ -361,7 +381,13 @@ impl DmControl {
     }
 
     /// Loads a one-target read-only table into the inactive slot.
-    pub fn load(&self, name: &str, sectors: u64, target: &str, params: &str) -> Result<(), DmError> {
+    pub fn load(
+        &self,
+        name: &str,
+        sectors: u64,
+        target: &str,
+        params: &str,
+    ) -> Result<(), DmError> {
         let mut b = DmBuf::new(name, DM_READONLY_FLAG)?;
         b.set_target(sectors, target, params)?;
         self.ioctl(DM_TABLE_LOAD_CMD, "table load", &mut b)
@@ -405,9 +431,22 @@ impl DmControl {
     }
 }
 
-/// Loads kernel module `name` with `modprobe`, if there is one. Errors are
-/// ignored: the caller checks for what it needed afterwards.
+/// Loads kernel module `name` with `modprobe`, if the running kernel has a
+/// module directory at all (so hosts without modules pay no process
+/// start). Errors are ignored: the caller checks for what it needed
+/// afterwards.
 fn try_modprobe(name: &str) {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    if !Path::new("/lib/modules")
+        .join(&release)
+        .join("modules.dep")
+        .is_file()
+    {
+        return;
+    }
     let _ = std::process::Command::new("modprobe")
         .arg("-q")
         .arg(name)
@@ -461,7 +500,12 @@ const KEYCTL_INVALIDATE: libc::c_long = 21;
 /// A key in the kernel's key store; invalidated when dropped.
 struct Key(i32);
 
-fn add_key(key_type: &str, description: Option<&str>, payload: &[u8], keyring: i32) -> io::Result<i32> {
+fn add_key(
+    key_type: &str,
+    description: Option<&str>,
+    payload: &[u8],
+    keyring: i32,
+) -> io::Result<i32> {
     let t = CString::new(key_type).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let d = description
         .map(CString::new)
@@ -494,7 +538,11 @@ impl Key {
     fn user_in_thread_keyring(description: &str, payload: &[u8]) -> Result<Key, DmError> {
         add_key("user", Some(description), payload, KEY_SPEC_THREAD_KEYRING)
             .map(Key)
-            .map_err(|e| DmError::Keyring(format!("adding user key {description:?} to the thread keyring: {e}")))
+            .map_err(|e| {
+                DmError::Keyring(format!(
+                    "adding user key {description:?} to the thread keyring: {e}"
+                ))
+            })
     }
 }
 
@@ -511,18 +559,24 @@ impl Drop for Key {
 /// from `/proc/keys`.
 pub fn secondary_keyring() -> Result<i32, DmError> {
     let keys = std::fs::read_to_string("/proc/keys").map_err(|e| {
-        DmError::Keyring(format!("reading /proc/keys: {e} (kernel without CONFIG_KEYS_PROC?)"))
+        DmError::Keyring(format!(
+            "reading /proc/keys: {e} (kernel without CONFIG_KEYS_PROC?)"
+        ))
     })?;
     for l in keys.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() >= 9 && f[7] == "keyring" && f[8].trim_end_matches(':') == ".secondary_trusted_keys" {
+        if f.len() >= 9
+            && f[7] == "keyring"
+            && f[8].trim_end_matches(':') == ".secondary_trusted_keys"
+        {
             return u32::from_str_radix(f[0], 16)
                 .map(|v| v as i32)
                 .map_err(|_| DmError::Keyring(format!("bad /proc/keys line {l:?}")));
         }
     }
     Err(DmError::Keyring(
-        "the kernel has no .secondary_trusted_keys keyring (CONFIG_SECONDARY_TRUSTED_KEYRING)".into(),
+        "the kernel has no .secondary_trusted_keys keyring (CONFIG_SECONDARY_TRUSTED_KEYRING)"
+            .into(),
     ))
 }
 
@@ -669,7 +723,12 @@ pub fn unique_name(root_hash: &RootHash) -> String {
     format!("sysext-{}-{}-{}", &hex[..16], std::process::id(), n)
 }
 
-fn create_loaded(ctl: &DmControl, name: &str, table: &VerityTable, key_desc: Option<&str>) -> Result<DevId, DmError> {
+fn create_loaded(
+    ctl: &DmControl,
+    name: &str,
+    table: &VerityTable,
+    key_desc: Option<&str>,
+) -> Result<DevId, DmError> {
     let uuid = format!("SYSEXT-VERITY-{name}");
     let dev = ctl.create(name, &uuid)?;
     let r = ctl
@@ -779,12 +838,15 @@ impl KernelDmVerity {
             source,
         })?;
         let range: ByteRange = material.hash.range;
-        let (params, data_blocks): (VerityParams, u64) = signing::verity::read_superblock(&hash_file, range.offset)
-            .map_err(|e| DmError::Invalid(format!("{}: {e}", material.hash.file.display())))?;
+        let (params, data_blocks): (VerityParams, u64) =
+            signing::verity::read_superblock(&hash_file, range.offset)
+                .map_err(|e| DmError::Invalid(format!("{}: {e}", material.hash.file.display())))?;
         let dbs = params.data_block_size();
         let hbs = params.hash_block_size();
         if dbs < 512 || hbs < SUPERBLOCK_SIZE as u32 {
-            return Err(DmError::Invalid("verity block sizes below 512 bytes".into()));
+            return Err(DmError::Invalid(
+                "verity block sizes below 512 bytes".into(),
+            ));
         }
         let need = data_blocks
             .checked_mul(u64::from(dbs))
@@ -804,7 +866,10 @@ impl KernelDmVerity {
             &material.hash.file,
         )
         .map_err(|source| DmError::Io {
-            context: format!("setting up a loop device for the hash tree in {}", material.hash.file.display()),
+            context: format!(
+                "setting up a loop device for the hash tree in {}",
+                material.hash.file.display()
+            ),
             source,
         })?;
         let table = VerityTable {
@@ -853,7 +918,11 @@ impl VerityBackend for KernelDmVerity {
         VerityMode::Kernel
     }
 
-    fn activate(&self, data: &LoopDevice, material: &VerityMaterial) -> Result<Activated, VerifyError> {
+    fn activate(
+        &self,
+        data: &LoopDevice,
+        material: &VerityMaterial,
+    ) -> Result<Activated, VerifyError> {
         let act = self
             .activate_material(data, material)
             .map_err(|e| VerifyError::Kernel(e.to_string()))?;

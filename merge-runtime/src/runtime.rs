@@ -39,7 +39,6 @@ use crate::discover::{discover, Discovery, EntryKind, Format, Image, Masked, Ski
 use crate::loopdev::{LoopDevice, Window};
 use crate::mounts::{self, is_merged_tree, MARKER_DIR, STATE_FILE};
 use crate::name::ExtensionName;
-use crate::ns::StagingNs;
 use crate::release::{self, HostRelease, HostReleaseError};
 use crate::root::{self, Root};
 use crate::verify::{
@@ -476,6 +475,27 @@ pub struct Opened {
 /// Opens a raw image or block device read-only and finds its verity
 /// material (sidecars, or the partitions of a DDI).
 pub fn open_image(
+    path: &Path,
+    sidecars: &crate::discover::Sidecars,
+    block: bool,
+) -> Result<Opened, (Stage, String)> {
+    let mut opened = open_image_unclipped(path, sidecars, block)?;
+    // Expose only what the hash tree covers, like a dm-verity device: a
+    // (partition) window may be larger for alignment. When it is smaller,
+    // verification reports the size mismatch.
+    if let Some(m) = &opened.material {
+        let covered = verify::covered_data_len(m).map_err(|e| (Stage::Verity, e.to_string()))?;
+        if covered < opened.data.size_limit {
+            opened.data.size_limit = covered;
+            if let Some(m) = &mut opened.material {
+                m.data.len = covered;
+            }
+        }
+    }
+    Ok(opened)
+}
+
+fn open_image_unclipped(
     path: &Path,
     sidecars: &crate::discover::Sidecars,
     block: bool,
@@ -934,28 +954,31 @@ fn apply(opts: &Options, mode: Mode) -> Result<MergeReport, Error> {
         .any(|i| i.reload_manager && i.outcome == Outcome::Merged);
 
     // --- staging namespace ------------------------------------------------
-    let backend = verify::select_backend(opts.backend);
-    let ns = StagingNs::enter().map_err(io_ctx("entering a private mount namespace"))?;
-    let ws_result = Workspace::create(&opts.run_dir);
-    let staged = ws_result.and_then(|ws| {
-        let r = stage(
-            opts,
-            &root,
-            &disc,
-            &host,
-            &policy,
-            backend.as_ref(),
-            &ws,
-            &fp,
-        );
-        r.map(|x| (x, ws.dir))
+    // Staging runs on a thread of its own that enters a private mount
+    // namespace and ends with it; this thread never leaves the original
+    // namespace. Rayon's pool (used for hashing) is started here first so
+    // that its threads do not live in, and keep alive, the staging namespace.
+    let _ = rayon::current_num_threads();
+    let staged = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(Staged, PathBuf), Error> {
+            crate::ns::enter_staging_namespace()
+                .map_err(io_ctx("entering a private mount namespace"))?;
+            let ws = Workspace::create(&opts.run_dir)?;
+            let backend = verify::select_backend(opts.backend);
+            let r = stage(opts, &root, &disc, &host, &policy, backend.as_ref(), &ws, &fp)?;
+            Ok((r, ws.dir))
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::Io {
+                context: "staging".into(),
+                source: io::Error::other("the staging thread panicked"),
+            })
+        })
     });
-    let leave = ns
-        .leave()
-        .map_err(io_ctx("returning to the original mount namespace"));
-    let ((images, names, built), ws_dir) = staged?;
-    leave?;
+    let ws_dir = opts.run_dir.join(format!("staging.{}", std::process::id()));
     let _ = std::fs::remove_dir(&ws_dir);
+    let ((images, names, built), _) = staged?;
     report.images = images;
     report.extensions = names.clone();
 

@@ -336,6 +336,25 @@ pub fn load_sidecars(
     }))
 }
 
+/// How many bytes of data the hash tree of `material` covers
+/// (`data_blocks × data_block_size` from its superblock). dm-verity exposes
+/// exactly this much; a data partition may be larger (alignment).
+pub fn covered_data_len(material: &VerityMaterial) -> Result<u64, VerifyError> {
+    let h = &material.hash;
+    let f = std::fs::File::open(&h.file).map_err(|source| VerifyError::Io {
+        path: h.file.clone(),
+        source,
+    })?;
+    let (params, blocks) =
+        signing::verity::read_superblock(&f, h.range.offset).map_err(|source| VerifyError::Verity {
+            root_hash: material.root_hash,
+            source,
+        })?;
+    blocks
+        .checked_mul(u64::from(params.data_block_size()))
+        .ok_or_else(|| VerifyError::Incomplete(format!("{}: absurd verity superblock", h.file.display())))
+}
+
 /// The outcome of the policy and signature check.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrustDecision {

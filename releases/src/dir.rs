@@ -34,8 +34,8 @@ use sysupdate::manifest::ManifestError;
 use sysupdate::{Arch, Date, Manifest, ManifestName, Sha256Digest, Version};
 
 use crate::catalogue::{
-    Catalogue, CatalogueExtension, CatalogueFile, CatalogueImage, CatalogueSnippet, CatalogueStream,
-    CATALOGUE_FILE, CATALOGUE_SIG_FILE, FORMAT,
+    Catalogue, CatalogueExtension, CatalogueFile, CatalogueImage, CatalogueSnippet,
+    CatalogueStream, CATALOGUE_FILE, CATALOGUE_SIG_FILE, FORMAT,
 };
 use crate::fsutil::{self, io_err, FileDigests, IoError};
 use crate::layout::{self, FeedUrl, Stream, StreamPolicy, SIDECAR_SUFFIXES};
@@ -157,7 +157,10 @@ impl PublishReport {
     pub fn is_noop(&self) -> bool {
         !self.catalogue_written
             && self.extensions.iter().all(|e| {
-                e.added.is_empty() && e.retired.is_empty() && e.generated.is_empty() && !e.manifest_written
+                e.added.is_empty()
+                    && e.retired.is_empty()
+                    && e.generated.is_empty()
+                    && !e.manifest_written
             })
     }
 }
@@ -349,14 +352,19 @@ fn validate_new(img: &ImageToPublish, policy: StreamPolicy) -> Result<(), Publis
         )));
     }
     if layout::parse_image_file_name(&img.name, &file) != Some((img.version.clone(), img.arch)) {
-        return Err(bad(format!("{file} would not parse back to version {v} and {}", img.arch)));
+        return Err(bad(format!(
+            "{file} would not parse back to version {v} and {}",
+            img.arch
+        )));
     }
     let mut suffixes = BTreeSet::new();
     for (suffix, path) in &img.sidecars {
         if !SIDECAR_SUFFIXES.contains(&suffix.as_str()) {
             return Err(PublishError::InvalidImage {
                 path: path.clone(),
-                reason: format!("unknown sidecar suffix {suffix:?}: expected one of {SIDECAR_SUFFIXES:?}"),
+                reason: format!(
+                    "unknown sidecar suffix {suffix:?}: expected one of {SIDECAR_SUFFIXES:?}"
+                ),
             });
         }
         if !suffixes.insert(suffix) {
@@ -374,7 +382,11 @@ fn existing_extensions(feed: &Path) -> Result<Vec<ExtensionName>, PublishError> 
     let mut out = Vec::new();
     for ent in fs::read_dir(feed).map_err(io_err("listing", feed))? {
         let ent = ent.map_err(io_err("listing", feed))?;
-        let Some(name) = ent.file_name().to_str().and_then(|n| ExtensionName::new(n).ok()) else {
+        let Some(name) = ent
+            .file_name()
+            .to_str()
+            .and_then(|n| ExtensionName::new(n).ok())
+        else {
             continue;
         };
         let ft = ent.file_type().map_err(io_err("inspecting", &ent.path()))?;
@@ -386,7 +398,11 @@ fn existing_extensions(feed: &Path) -> Result<Vec<ExtensionName>, PublishError> 
     Ok(out)
 }
 
-fn scan_extension(feed: &Path, name: &ExtensionName, policy: StreamPolicy) -> Result<ExtState, PublishError> {
+fn scan_extension(
+    feed: &Path,
+    name: &ExtensionName,
+    policy: StreamPolicy,
+) -> Result<ExtState, PublishError> {
     let dir = feed.join(name.as_str());
     match fs::symlink_metadata(&dir) {
         Ok(md) if md.is_dir() => {}
@@ -404,7 +420,10 @@ fn scan_extension(feed: &Path, name: &ExtensionName, policy: StreamPolicy) -> Re
     fsutil::remove_stale_temps(&dir)?;
 
     let old_manifest = match fsutil::read_regular_if_exists(&dir.join(MANIFEST_FILE))? {
-        Some(b) => Some(Manifest::parse_named(&b, &dir.join(MANIFEST_FILE).display().to_string())?),
+        Some(b) => Some(Manifest::parse_named(
+            &b,
+            &dir.join(MANIFEST_FILE).display().to_string(),
+        )?),
         None => None,
     };
 
@@ -451,7 +470,13 @@ fn scan_extension(feed: &Path, name: &ExtensionName, policy: StreamPolicy) -> Re
         }
         let ff = FeedFile { file, digests };
         if let Some((v, a)) = image {
-            images.insert((v, a), ImageState { image: ff, sidecars: BTreeMap::new() });
+            images.insert(
+                (v, a),
+                ImageState {
+                    image: ff,
+                    sidecars: BTreeMap::new(),
+                },
+            );
         } else if let Some((v, a, suffix)) = sidecar {
             sidecars.push(((v, a), suffix, ff));
         }
@@ -482,31 +507,44 @@ fn scan_extension(feed: &Path, name: &ExtensionName, policy: StreamPolicy) -> Re
 
 /// Copies one new image (and sidecars) in, or checks that the copy already
 /// there is the same.
-fn add_image(st: &mut ExtState, img: &ImageToPublish, opts: &PublishOptions<'_>) -> Result<(), PublishError> {
+fn add_image(
+    st: &mut ExtState,
+    img: &ImageToPublish,
+    opts: &PublishOptions<'_>,
+) -> Result<(), PublishError> {
     let key = (img.version.clone(), img.arch);
-    let file = FeedFileName::new(layout::image_file_name(&img.name, &img.version, img.arch)).map_err(|e| {
-        PublishError::InvalidImage {
+    let file = FeedFileName::new(layout::image_file_name(&img.name, &img.version, img.arch))
+        .map_err(|e| PublishError::InvalidImage {
             path: img.path.clone(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     let existing_image = st.images.get(&key).map(|s| s.image.clone());
     let image = place(st, &file, &img.path, existing_image.as_ref(), opts)?;
-    let mut sidecars = st.images.get(&key).map(|s| s.sidecars.clone()).unwrap_or_default();
+    let mut sidecars = st
+        .images
+        .get(&key)
+        .map(|s| s.sidecars.clone())
+        .unwrap_or_default();
     for (suffix, path) in &img.sidecars {
         let Some(suffix) = SIDECAR_SUFFIXES.iter().find(|s| **s == suffix.as_str()) else {
             continue;
         };
-        let sfile = FeedFileName::new(layout::sidecar_file_name(&img.name, &img.version, img.arch, suffix))
-            .map_err(|e| PublishError::InvalidImage {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let sfile = FeedFileName::new(layout::sidecar_file_name(
+            &img.name,
+            &img.version,
+            img.arch,
+            suffix,
+        ))
+        .map_err(|e| PublishError::InvalidImage {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         let existing = sidecars.get(suffix).cloned();
         let placed = place(st, &sfile, path, existing.as_ref(), opts)?;
         sidecars.insert(suffix, placed);
     }
-    st.orphans.retain(|o| !sidecars.values().any(|s| &s.file == o));
+    st.orphans
+        .retain(|o| !sidecars.values().any(|s| &s.file == o));
     st.images.insert(key, ImageState { image, sidecars });
     Ok(())
 }
@@ -545,7 +583,11 @@ fn streams_with_newest(st: &ExtState) -> BTreeMap<Stream, BTreeMap<Arch, Version
     newest_per_stream(st.policy, &kept)
 }
 
-fn generate_files(st: &mut ExtState, opts: &PublishOptions<'_>, keyring: &[u8]) -> Result<(), PublishError> {
+fn generate_files(
+    st: &mut ExtState,
+    opts: &PublishOptions<'_>,
+    keyring: &[u8],
+) -> Result<(), PublishError> {
     let mut out = BTreeMap::new();
     let fname = |s: String, st: &ExtState| {
         FeedFileName::new(s).map_err(|e| PublishError::Corrupt {
@@ -563,7 +605,10 @@ fn generate_files(st: &mut ExtState, opts: &PublishOptions<'_>, keyring: &[u8]) 
         })?;
         let text = render_stream_transfer(&st.name, &stream, &t);
         for suffix in sysupdate::transfer::SUFFIXES {
-            out.insert(fname(format!("{stem}{suffix}"), st)?, text.clone().into_bytes());
+            out.insert(
+                fname(format!("{stem}{suffix}"), st)?,
+                text.clone().into_bytes(),
+            );
         }
         for (arch, version) in newest {
             let Some(img) = st.images.get(&(version.clone(), arch)) else {
@@ -591,8 +636,14 @@ fn generate_files(st: &mut ExtState, opts: &PublishOptions<'_>, keyring: &[u8]) 
                 stream.id(),
                 img.image.file
             );
-            out.insert(fname(format!("{stem}-{arch}.bu"), st)?, cfg.to_butane(&comment).into_bytes());
-            out.insert(fname(format!("{stem}-{arch}.ign"), st)?, cfg.to_ignition_json().into_bytes());
+            out.insert(
+                fname(format!("{stem}-{arch}.bu"), st)?,
+                cfg.to_butane(&comment).into_bytes(),
+            );
+            out.insert(
+                fname(format!("{stem}-{arch}.ign"), st)?,
+                cfg.to_ignition_json().into_bytes(),
+            );
         }
     }
     st.generated = out;
@@ -609,7 +660,9 @@ fn stale_generated(st: &ExtState) -> Result<Vec<String>, PublishError> {
             continue;
         };
         let ours = n.starts_with(st.name.as_str())
-            && [".conf", ".transfer", ".bu", ".ign"].iter().any(|s| n.ends_with(s));
+            && [".conf", ".transfer", ".bu", ".ign"]
+                .iter()
+                .any(|s| n.ends_with(s));
         let generated = FeedFileName::new(n.as_str()).is_ok_and(|f| st.generated.contains_key(&f));
         if ours && !generated && ent.file_type().is_ok_and(|t| t.is_file()) {
             out.push(n);
@@ -621,7 +674,11 @@ fn stale_generated(st: &ExtState) -> Result<Vec<String>, PublishError> {
 
 /// Writes the manifest pair unless the feed already holds an equivalent,
 /// correctly signed one. Returns whether it wrote.
-fn write_manifest(dir: &Path, mut m: Manifest, opts: &PublishOptions<'_>) -> Result<bool, PublishError> {
+fn write_manifest(
+    dir: &Path,
+    mut m: Manifest,
+    opts: &PublishOptions<'_>,
+) -> Result<bool, PublishError> {
     let path = dir.join(MANIFEST_FILE);
     if let Some(bb) = opts.best_before {
         let old = fsutil::read_regular_if_exists(&path)?.and_then(|b| Manifest::parse(&b).ok());
@@ -636,7 +693,12 @@ fn write_manifest(dir: &Path, mut m: Manifest, opts: &PublishOptions<'_>) -> Res
         });
         m.set_best_before(keep_old.or(fresh));
     }
-    write_signed_pair(&path, &dir.join(MANIFEST_SIG_FILE), m.render().as_bytes(), opts)
+    write_signed_pair(
+        &path,
+        &dir.join(MANIFEST_SIG_FILE),
+        m.render().as_bytes(),
+        opts,
+    )
 }
 
 /// Writes `sig` then `data` (see the module docs), skipping both when the
@@ -656,10 +718,13 @@ fn write_signed_pair(
         return Ok(false);
     }
     if !sig_ok {
-        let sig = opts.signer.sign_detached(data).map_err(|source| PublishError::Sign {
-            file: sig_path.to_path_buf(),
-            source,
-        })?;
+        let sig = opts
+            .signer
+            .sign_detached(data)
+            .map_err(|source| PublishError::Sign {
+                file: sig_path.to_path_buf(),
+                source,
+            })?;
         fsutil::write_atomic(sig_path, &sig)?;
         opts.emit(FeedEvent::Wrote(sig_path.to_path_buf()));
     }

@@ -24,7 +24,10 @@ pub struct IoError {
     pub source: io::Error,
 }
 
-pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IoError + 'a {
+pub(crate) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> IoError + 'a {
     move |source| IoError {
         action,
         path: path.to_path_buf(),
@@ -156,7 +159,8 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let mut tmp = temp_in(dir, name)?;
-    tmp.write_all(bytes).map_err(io_err("writing", tmp.path()))?;
+    tmp.write_all(bytes)
+        .map_err(io_err("writing", tmp.path()))?;
     set_mode(tmp.as_file(), 0o644, dest)?;
     persist(tmp, dest)
 }
@@ -202,7 +206,8 @@ pub fn copy_atomic(src: &Path, dest: &Path) -> Result<FileDigests, IoError> {
             break;
         }
         h.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).map_err(io_err("writing", tmp.path()))?;
+        tmp.write_all(&buf[..n])
+            .map_err(io_err("writing", tmp.path()))?;
     }
     set_mode(tmp.as_file(), 0o444, dest)?;
     persist(tmp, dest)?;

@@ -29,7 +29,12 @@ pub fn image_file_name(name: &ExtensionName, version: &Version, arch: Arch) -> S
 }
 
 /// `NAME-VERSION-ARCH` + suffix, e.g. `.verity`.
-pub fn sidecar_file_name(name: &ExtensionName, version: &Version, arch: Arch, suffix: &str) -> String {
+pub fn sidecar_file_name(
+    name: &ExtensionName,
+    version: &Version,
+    arch: Arch,
+    suffix: &str,
+) -> String {
     format!("{name}-{version}-{arch}{suffix}")
 }
 
@@ -41,7 +46,10 @@ pub fn parse_image_file_name(name: &ExtensionName, file: &str) -> Option<(Versio
 }
 
 /// Splits `NAME-VERSION-ARCH{suffix}` for a sidecar suffix.
-pub fn parse_sidecar_file_name(name: &ExtensionName, file: &str) -> Option<(Version, Arch, &'static str)> {
+pub fn parse_sidecar_file_name(
+    name: &ExtensionName,
+    file: &str,
+) -> Option<(Version, Arch, &'static str)> {
     // Longest suffix first: `.roothash.p7s` before `.roothash`.
     let mut suffixes = SIDECAR_SUFFIXES;
     suffixes.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -57,11 +65,17 @@ fn parse_stem(name: &ExtensionName, stem: &str) -> Option<(Version, Arch)> {
     let rest = stem.strip_prefix(name.as_str())?.strip_prefix('-')?;
     let mut best: Option<(Version, Arch)> = None;
     for arch in Arch::ALL {
-        let Some(v) = rest.strip_suffix(arch.as_str()).and_then(|r| r.strip_suffix('-')) else {
+        let Some(v) = rest
+            .strip_suffix(arch.as_str())
+            .and_then(|r| r.strip_suffix('-'))
+        else {
             continue;
         };
         let Ok(v) = Version::new(v) else { continue };
-        if best.as_ref().is_none_or(|(_, a)| arch.as_str().len() > a.as_str().len()) {
+        if best
+            .as_ref()
+            .is_none_or(|(_, a)| arch.as_str().len() > a.as_str().len())
+        {
             best = Some((v, arch));
         }
     }
@@ -200,7 +214,10 @@ impl FeedUrl {
         let text = s.into();
         let reason = if !(text.starts_with("https://") || text.starts_with("http://")) {
             Some("it must start with https:// (or http:// for local tests)")
-        } else if text.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\')) {
+        } else if text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'))
+        {
             Some("it must not contain whitespace, quotes or backslashes")
         } else if text.contains('%') {
             Some("it must not contain '%' (systemd expands %-specifiers in Path=); use plain characters")
@@ -277,9 +294,16 @@ mod tests {
             ("x", "1-x86", Arch::Arm),
         ] {
             let f = image_file_name(&n(name), &v(ver), arch);
-            assert_eq!(parse_image_file_name(&n(name), &f), Some((v(ver), arch)), "{f}");
+            assert_eq!(
+                parse_image_file_name(&n(name), &f),
+                Some((v(ver), arch)),
+                "{f}"
+            );
         }
-        assert_eq!(parse_image_file_name(&n("kubernetes"), "kubernetes-v1-mips.raw"), None);
+        assert_eq!(
+            parse_image_file_name(&n("kubernetes"), "kubernetes-v1-mips.raw"),
+            None
+        );
         assert_eq!(parse_image_file_name(&n("k"), "kx-1-x86-64.raw"), None);
         assert_eq!(
             parse_sidecar_file_name(&n("k"), "k-1-x86-64.roothash.p7s"),
@@ -310,10 +334,16 @@ mod tests {
             .unwrap()
             .for_arch(Arch::X86_64)
             .unwrap();
-        let c = pat.matches(&image_file_name(&name, &v("v1.30.4+k3s1"), Arch::X86_64)).unwrap();
+        let c = pat
+            .matches(&image_file_name(&name, &v("v1.30.4+k3s1"), Arch::X86_64))
+            .unwrap();
         assert_eq!(c.version, Some(v("4+k3s1")));
-        assert!(pat.matches(&image_file_name(&name, &v("v1.31.0+k3s1"), Arch::X86_64)).is_none());
-        assert!(pat.matches(&image_file_name(&name, &v("v1.30.4+k3s1"), Arch::Arm64)).is_none());
+        assert!(pat
+            .matches(&image_file_name(&name, &v("v1.31.0+k3s1"), Arch::X86_64))
+            .is_none());
+        assert!(pat
+            .matches(&image_file_name(&name, &v("v1.30.4+k3s1"), Arch::Arm64))
+            .is_none());
         assert!(pat.matches("k3s-v1.30.4+k3s1-x86-64.verity").is_none());
     }
 
@@ -322,13 +352,22 @@ mod tests {
         let u = FeedUrl::new("https://example.org/feed").unwrap();
         assert_eq!(u.for_extension(&n("k3s")), "https://example.org/feed/k3s/");
         let g = FeedUrl::new("https://github.com/o/r/releases/download/{name}").unwrap();
-        assert_eq!(g.for_extension(&n("k3s")), "https://github.com/o/r/releases/download/k3s/");
+        assert_eq!(
+            g.for_extension(&n("k3s")),
+            "https://github.com/o/r/releases/download/k3s/"
+        );
         let f = FeedFileName::new("k3s-v1.30.4+k3s1-x86-64.raw").unwrap();
         assert_eq!(
             g.file_url(&n("k3s"), &f),
             "https://github.com/o/r/releases/download/k3s/k3s-v1.30.4%2Bk3s1-x86-64.raw"
         );
-        for bad in ["ftp://x", "https://x/%a", "https://x/ y", "https://x/?q", "https://{name}/{name}"] {
+        for bad in [
+            "ftp://x",
+            "https://x/%a",
+            "https://x/ y",
+            "https://x/?q",
+            "https://{name}/{name}",
+        ] {
             assert!(FeedUrl::new(bad).is_err(), "{bad}");
         }
     }

@@ -19,8 +19,8 @@ pub mod snippets;
 pub mod transfer;
 
 pub use dir::{
-    publish_dir, BestBefore, FeedEvent, ImageToPublish, PublishError, PublishOptions, PublishReport,
-    MANIFEST_FILE, MANIFEST_SIG_FILE,
+    publish_dir, BestBefore, FeedEvent, ImageToPublish, PublishError, PublishOptions,
+    PublishReport, MANIFEST_FILE, MANIFEST_SIG_FILE,
 };
 pub use layout::{FeedUrl, Stream, StreamPolicy};
 pub use name::{ExtensionName, FeedFileName};

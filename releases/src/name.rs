@@ -180,7 +180,11 @@ mod tests {
 
     #[test]
     fn feed_file_names() {
-        for ok in ["k3s-v1.30.4+k3s1-x86-64.raw", "SHA256SUMS", "SHA256SUMS.gpg"] {
+        for ok in [
+            "k3s-v1.30.4+k3s1-x86-64.raw",
+            "SHA256SUMS",
+            "SHA256SUMS.gpg",
+        ] {
             FeedFileName::new(ok).unwrap();
         }
         for bad in ["", ".x", "a/b", "..", "x~rc1", "x^1", "a,b", "a b", "a:b"] {

@@ -45,7 +45,11 @@ pub fn newest_per_stream(
 }
 
 /// The subset of `images` to keep.
-pub fn retain(policy: StreamPolicy, rules: Retention, images: &[(Version, Arch)]) -> BTreeSet<(Version, Arch)> {
+pub fn retain(
+    policy: StreamPolicy,
+    rules: Retention,
+    images: &[(Version, Arch)],
+) -> BTreeSet<(Version, Arch)> {
     let mut per_stream: BTreeMap<Stream, BTreeSet<Version>> = BTreeMap::new();
     for (v, _) in images {
         for s in streams_of(policy, v) {
@@ -54,7 +58,13 @@ pub fn retain(policy: StreamPolicy, rules: Retention, images: &[(Version, Arch)]
     }
     let mut keep_versions: BTreeSet<Version> = BTreeSet::new();
     for versions in per_stream.values() {
-        keep_versions.extend(versions.iter().rev().take(rules.keep_per_stream.get()).cloned());
+        keep_versions.extend(
+            versions
+                .iter()
+                .rev()
+                .take(rules.keep_per_stream.get())
+                .cloned(),
+        );
     }
     let mut keep: BTreeSet<(Version, Arch)> = images
         .iter()
@@ -121,6 +131,11 @@ mod tests {
             img("1", Arch::X86_64),
         ];
         let keep = retain(StreamPolicy::Single, n(1), &imgs);
-        assert_eq!(keep, [img("3", Arch::X86_64), img("2", Arch::Arm64)].into_iter().collect());
+        assert_eq!(
+            keep,
+            [img("3", Arch::X86_64), img("2", Arch::Arm64)]
+                .into_iter()
+                .collect()
+        );
     }
 }

@@ -55,7 +55,8 @@ impl OpenPgpSigner {
 
     /// Loads the armored secret key written by `bakery keygen`.
     pub fn load(path: &std::path::Path) -> Result<OpenPgpSigner, SignError> {
-        let key = signing::openpgp::OpenPgpSecretKey::load(path).map_err(|e| SignError(e.to_string()))?;
+        let key =
+            signing::openpgp::OpenPgpSecretKey::load(path).map_err(|e| SignError(e.to_string()))?;
         OpenPgpSigner::new(key)
     }
 
@@ -66,12 +67,16 @@ impl OpenPgpSigner {
 
 impl ManifestSigner for OpenPgpSigner {
     fn sign_detached(&self, data: &[u8]) -> Result<Vec<u8>, SignError> {
-        self.key.sign_detached(data).map_err(|e| SignError(e.to_string()))
+        self.key
+            .sign_detached(data)
+            .map_err(|e| SignError(e.to_string()))
     }
 
     fn verify_detached(&self, data: &[u8], signature: &[u8]) -> bool {
-        signing::openpgp::verify_detached(&self.keyring, data, signature)
-            .is_ok_and(|v| v.primary_fingerprint.eq_ignore_ascii_case(&self.key.fingerprint()))
+        signing::openpgp::verify_detached(&self.keyring, data, signature).is_ok_and(|v| {
+            v.primary_fingerprint
+                .eq_ignore_ascii_case(&self.key.fingerprint())
+        })
     }
 
     fn public_keyring(&self) -> Vec<u8> {
@@ -95,8 +100,11 @@ mod tests {
         assert!(s.verify_detached(b"data\n", &sig));
         assert!(!s.verify_detached(b"data!\n", &sig));
         let other = OpenPgpSigner::new(
-            signing::openpgp::OpenPgpSecretKey::generate("Other <o@example.org>", signing::openpgp::Algorithm::Ed25519)
-                .unwrap(),
+            signing::openpgp::OpenPgpSecretKey::generate(
+                "Other <o@example.org>",
+                signing::openpgp::Algorithm::Ed25519,
+            )
+            .unwrap(),
         )
         .unwrap();
         assert!(!other.verify_detached(b"data\n", &sig));

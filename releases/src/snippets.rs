@@ -163,7 +163,11 @@ pub fn node_config(i: &SnippetInput<'_>) -> NodeConfig {
             dropins: vec![],
         },
     ];
-    NodeConfig { files, links, units }
+    NodeConfig {
+        files,
+        links,
+        units,
+    }
 }
 
 /// Percent-encodes for a `data:,` URL (RFC 2397): everything but RFC 3986
@@ -261,7 +265,9 @@ impl NodeConfig {
             y.push_str(line);
             y.push('\n');
         }
-        y.push_str(&format!("variant: {BUTANE_VARIANT}\nversion: {BUTANE_VERSION}\n"));
+        y.push_str(&format!(
+            "variant: {BUTANE_VARIANT}\nversion: {BUTANE_VERSION}\n"
+        ));
         y.push_str("storage:\n  files:\n");
         for f in &self.files {
             y.push_str(&format!("    - path: {}\n", q(&f.path)));
@@ -279,7 +285,10 @@ impl NodeConfig {
                 Contents::Remote { url, sha512_hex } => {
                     y.push_str(&format!("        source: {}\n", q(url)));
                     y.push_str("        verification:\n");
-                    y.push_str(&format!("          hash: {}\n", q(&format!("sha512-{sha512_hex}"))));
+                    y.push_str(&format!(
+                        "          hash: {}\n",
+                        q(&format!("sha512-{sha512_hex}"))
+                    ));
                 }
             }
         }
@@ -328,7 +337,9 @@ fn block_or_quoted(y: &mut String, text: &str, indent: usize) {
     let literal_ok = text.ends_with('\n')
         && !text.ends_with("\n\n")
         && !text.starts_with([' ', '\t', '\n'])
-        && text.chars().all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
+        && text
+            .chars()
+            .all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
         && !text.lines().any(|l| l.ends_with([' ', '\t']));
     if !literal_ok {
         y.push_str(&q(text));

@@ -9,7 +9,11 @@ use std::time::Instant;
 /// compete for the cores, unlike wall time).
 fn thread_cpu() -> f64 {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e9
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1e9
 }
 
 use sha2::Digest;
@@ -21,7 +25,8 @@ fn main() {
     let gbps = |secs: f64| data.len() as f64 / secs / 1e9;
 
     for round in 0..5 {
-        let t = Instant::now(); let c = thread_cpu();
+        let t = Instant::now();
+        let c = thread_cpu();
         let base = sha2::Sha256::new_with_prefix(salt);
         let mut acc = 0u8;
         for b in data.chunks_exact(4096) {
@@ -29,7 +34,8 @@ fn main() {
         }
         println!("round {round} sha2 (clone of salted state): {:.3} GB/s wall, {:.3} GB/s per CPU-second ({acc})", gbps(t.elapsed().as_secs_f64()), gbps(thread_cpu() - c));
 
-        let t = Instant::now(); let c = thread_cpu();
+        let t = Instant::now();
+        let c = thread_cpu();
         let mut acc = 0u8;
         for b in data.chunks_exact(4096) {
             let mut h = openssl::sha::Sha256::new();
@@ -39,7 +45,8 @@ fn main() {
         }
         println!("round {round} openssl SHA256_* (low level):  {:.3} GB/s wall, {:.3} GB/s per CPU-second ({acc})", gbps(t.elapsed().as_secs_f64()), gbps(thread_cpu() - c));
 
-        let t = Instant::now(); let c = thread_cpu();
+        let t = Instant::now();
+        let c = thread_cpu();
         let mut acc = 0u8;
         let md = openssl::hash::MessageDigest::sha256();
         let mut h = openssl::hash::Hasher::new(md).expect("EVP sha256");

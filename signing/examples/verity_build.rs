@@ -30,18 +30,26 @@ fn run() -> Result<String, String> {
             }
             "--timing" => timing = true,
             "-h" | "--help" => {
-                return Err("usage: verity_build [--timing] [--salt HEX] [--uuid UUID] DATA HASH_OUT".into())
+                return Err(
+                    "usage: verity_build [--timing] [--salt HEX] [--uuid UUID] DATA HASH_OUT"
+                        .into(),
+                )
             }
             _ => paths.push(a.into()),
         }
     }
-    let [data_path, hash_path] = <[PathBuf; 2]>::try_from(paths)
-        .map_err(|_| "usage: verity_build [--timing] [--salt HEX] [--uuid UUID] DATA HASH_OUT".to_string())?;
+    let [data_path, hash_path] = <[PathBuf; 2]>::try_from(paths).map_err(|_| {
+        "usage: verity_build [--timing] [--salt HEX] [--uuid UUID] DATA HASH_OUT".to_string()
+    })?;
     let data = File::open(&data_path).map_err(|e| format!("{}: {e}", data_path.display()))?;
-    let size = data.size().map_err(|e| format!("{}: {e}", data_path.display()))?;
+    let size = data
+        .size()
+        .map_err(|e| format!("{}: {e}", data_path.display()))?;
     let range = ByteRange::new(0, size);
     let params = match (salt, uuid) {
-        (None, None) => VerityParams::derive_from_content(&data, range).map_err(|e| e.to_string())?,
+        (None, None) => {
+            VerityParams::derive_from_content(&data, range).map_err(|e| e.to_string())?
+        }
         (salt, uuid) => {
             let derived = VerityParams::derive(b"");
             VerityParams::new(
@@ -54,9 +62,11 @@ fn run() -> Result<String, String> {
         }
     };
     let t0 = std::time::Instant::now();
-    let tree = build_tree(&data, range, &params).map_err(|e| format!("{}: {e}", data_path.display()))?;
+    let tree =
+        build_tree(&data, range, &params).map_err(|e| format!("{}: {e}", data_path.display()))?;
     let t1 = std::time::Instant::now();
-    tree.write_hash_device(&hash_path).map_err(|e| e.to_string())?;
+    tree.write_hash_device(&hash_path)
+        .map_err(|e| e.to_string())?;
     if timing {
         eprintln!(
             "build_tree {:.3} s ({:.3} GB/s), write (with fsync) {:.3} s",

@@ -29,9 +29,9 @@ impl AtomicFile {
     /// from the start (so a 0600 file is never readable by others, not even
     /// briefly).
     pub(crate) fn create(dest: &Path, mode: u32) -> io::Result<Self> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"))?;
+        let name = dest.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name")
+        })?;
         let mut prefix = std::ffi::OsString::from(".");
         prefix.push(name);
         prefix.push(".");

@@ -163,7 +163,7 @@ const TYPE_GUIDS: [(Arch, [u128; 6]); 8] = [
             0xc80187a5_73a3_491a_901a_017c3fa953e9,
             0x8a4f5770_50aa_4ed3_874a_99b710db6fea,
             0x31741cc4_1a2a_4111_a581_e00b447d2d06,
-            0x3f324816_6677_46ae_86ee_9b0c0c6c11b4,
+            0x3f324816_667b_46ae_86ee_9b0c0c6c11b4,
         ],
     ),
     (
@@ -217,7 +217,11 @@ pub fn classify_partition_type(type_guid: Uuid) -> Option<(Arch, Designator, Par
     let v = type_guid.as_u128();
     for (arch, guids) in TYPE_GUIDS {
         for designator in [Designator::Root, Designator::Usr] {
-            for role in [PartitionRole::Data, PartitionRole::Verity, PartitionRole::VeritySig] {
+            for role in [
+                PartitionRole::Data,
+                PartitionRole::Verity,
+                PartitionRole::VeritySig,
+            ] {
                 if guids[role_index(designator, role)] == v {
                     return Some((arch, designator, role));
                 }
@@ -277,7 +281,9 @@ pub enum DdiError {
         signed: RootHash,
         from_uuids: RootHash,
     },
-    #[error("the image is signed by a key that is not trusted here, or the signature is invalid: {0}")]
+    #[error(
+        "the image is signed by a key that is not trusted here, or the signature is invalid: {0}"
+    )]
     Signature(#[from] Pkcs7Error),
     #[error("the image's verity data does not check out: {0}")]
     Verity(#[from] VerityError),
@@ -336,12 +342,18 @@ pub struct DdiSignature {
 /// Parses the content of a signature partition: JSON, then only NULs.
 /// Checks the fields' syntax and, when the PKCS#7 structure embeds
 /// certificates, that `certificateFingerprint` names one of them.
-pub fn parse_signature_partition(content: &[u8]) -> Result<(RootHash, Sha256Digest, RootHashSignature), String> {
-    let end = content.iter().position(|&b| b == 0).unwrap_or(content.len());
+pub fn parse_signature_partition(
+    content: &[u8],
+) -> Result<(RootHash, Sha256Digest, RootHashSignature), String> {
+    let end = content
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(content.len());
     if content[end..].iter().any(|&b| b != 0) {
         return Err("bytes other than NUL follow the JSON's terminating NUL".into());
     }
-    let text = std::str::from_utf8(&content[..end]).map_err(|_| "the JSON is not UTF-8".to_string())?;
+    let text =
+        std::str::from_utf8(&content[..end]).map_err(|_| "the JSON is not UTF-8".to_string())?;
     let j: SignatureJson =
         serde_json::from_str(text).map_err(|e| format!("not the expected JSON object: {e}"))?;
     let root: RootHash = j.root_hash.parse().map_err(|e| format!("rootHash: {e}"))?;
@@ -395,7 +407,11 @@ pub struct SealedDdi {
 /// `out`: the filesystem zero-padded to 4096 bytes, its verity tree, and —
 /// with a key — the signature partition. Atomic: `out` appears complete or
 /// not at all (an existing `out` is replaced).
-pub fn write_ddi(fs_image: &Path, out: &Path, opts: &DdiOptions<'_>) -> Result<SealedDdi, DdiError> {
+pub fn write_ddi(
+    fs_image: &Path,
+    out: &Path,
+    opts: &DdiOptions<'_>,
+) -> Result<SealedDdi, DdiError> {
     let io_ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
     let mut src = File::open(fs_image).map_err(|source| DdiError::Io {
         context: io_ctx("cannot open the filesystem image", fs_image),
@@ -413,11 +429,17 @@ pub fn write_ddi(fs_image: &Path, out: &Path, opts: &DdiOptions<'_>) -> Result<S
     }
     // The tree's size depends only on the data size, so the layout is known
     // before anything is hashed.
-    let sizing = opts.verity.cloned().unwrap_or_else(|| VerityParams::derive(b""));
+    let sizing = opts
+        .verity
+        .cloned()
+        .unwrap_or_else(|| VerityParams::derive(b""));
     let data_len = align_up(fs_len, ALIGNMENT.max(u64::from(sizing.data_block_size())));
     let verity_len = align_up(hash_device_size(data_len, &sizing)?, ALIGNMENT);
 
-    let geo_first = align_up(gpt::Geometry { total_sectors: 0 }.first_usable() * SECTOR, ALIGNMENT);
+    let geo_first = align_up(
+        gpt::Geometry { total_sectors: 0 }.first_usable() * SECTOR,
+        ALIGNMENT,
+    );
     let data = ByteRange::new(geo_first, data_len);
     let verity = ByteRange::new(align_up(data.end(), ALIGNMENT), verity_len);
     let sig_range = opts
@@ -437,12 +459,17 @@ pub fn write_ddi(fs_image: &Path, out: &Path, opts: &DdiOptions<'_>) -> Result<S
     let mut tmp = AtomicFile::create(out, 0o644).map_err(werr)?;
     tmp.file().set_len(total).map_err(werr)?;
     // Copy the filesystem in (copy_file_range where possible).
-    tmp.file_mut().seek(SeekFrom::Start(data.offset)).map_err(werr)?;
+    tmp.file_mut()
+        .seek(SeekFrom::Start(data.offset))
+        .map_err(werr)?;
     let copied = io::copy(&mut (&mut src).take(fs_len), tmp.file_mut()).map_err(werr)?;
     if copied != fs_len {
         return Err(DdiError::Io {
             context: io_ctx("reading", fs_image),
-            source: io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while being copied"),
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while being copied",
+            ),
         });
     }
 
@@ -477,11 +504,26 @@ pub fn write_ddi(fs_image: &Path, out: &Path, opts: &DdiOptions<'_>) -> Result<S
     }
 
     let mut parts = vec![
-        partition(opts.arch, PartitionRole::Data, data, uuid_from(&root.as_bytes()[..16])),
-        partition(opts.arch, PartitionRole::Verity, verity, uuid_from(&root.as_bytes()[16..])),
+        partition(
+            opts.arch,
+            PartitionRole::Data,
+            data,
+            uuid_from(&root.as_bytes()[..16]),
+        ),
+        partition(
+            opts.arch,
+            PartitionRole::Verity,
+            verity,
+            uuid_from(&root.as_bytes()[16..]),
+        ),
     ];
     if let Some(range) = sig_range {
-        parts.push(partition(opts.arch, PartitionRole::VeritySig, range, derived_uuid(&root, b"verity-sig-uuid")));
+        parts.push(partition(
+            opts.arch,
+            PartitionRole::VeritySig,
+            range,
+            derived_uuid(&root, b"verity-sig-uuid"),
+        ));
     }
     for (offset, bytes) in gpt::table_pieces(&geo, derived_uuid(&root, b"disk-uuid"), &parts) {
         tmp.file().write_all_at(&bytes, offset).map_err(werr)?;
@@ -506,7 +548,10 @@ fn uuid_from(bytes: &[u8]) -> Uuid {
 }
 
 fn derived_uuid(root: &RootHash, what: &[u8]) -> Uuid {
-    Uuid::from_bytes(make_v4_uuid(uuid_bytes(&hmac_sha256(root.as_bytes(), what))))
+    Uuid::from_bytes(make_v4_uuid(uuid_bytes(&hmac_sha256(
+        root.as_bytes(),
+        what,
+    ))))
 }
 
 fn uuid_bytes(b: &[u8; 32]) -> [u8; 16] {
@@ -728,7 +773,11 @@ pub fn verify_ddi<R: ReadAt + ?Sized>(
         None => None,
         Some(t) => {
             let sig = layout.signature.as_ref().ok_or(DdiError::Unsigned)?;
-            Some(pkcs7::verify_root_hash(&layout.root_hash, sig.signature.as_der(), t)?)
+            Some(pkcs7::verify_root_hash(
+                &layout.root_hash,
+                sig.signature.as_der(),
+                t,
+            )?)
         }
     };
     verity::verify_tree(image, layout.data, image, layout.verity, &layout.root_hash)?;
@@ -743,8 +792,15 @@ mod tests {
     fn type_table_is_consistent() {
         for arch in Arch::ALL {
             for d in [Designator::Root, Designator::Usr] {
-                for r in [PartitionRole::Data, PartitionRole::Verity, PartitionRole::VeritySig] {
-                    assert_eq!(classify_partition_type(partition_type(arch, d, r)), Some((arch, d, r)));
+                for r in [
+                    PartitionRole::Data,
+                    PartitionRole::Verity,
+                    PartitionRole::VeritySig,
+                ] {
+                    assert_eq!(
+                        classify_partition_type(partition_type(arch, d, r)),
+                        Some((arch, d, r))
+                    );
                 }
             }
         }

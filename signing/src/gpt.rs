@@ -68,7 +68,11 @@ pub(crate) fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             t[i] = c;
@@ -134,12 +138,12 @@ fn header_bytes(
     h[0..8].copy_from_slice(SIGNATURE);
     h[8..12].copy_from_slice(&REVISION.to_le_bytes());
     h[12..16].copy_from_slice(&HEADER_SIZE.to_le_bytes());
-    h[24..32].copy_from_slice(&(my_lba as u64).to_le_bytes());
+    h[24..32].copy_from_slice(&my_lba.to_le_bytes());
     h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
     h[40..48].copy_from_slice(&geo.first_usable().to_le_bytes());
     h[48..56].copy_from_slice(&geo.last_usable().to_le_bytes());
     h[56..72].copy_from_slice(&disk_guid.to_bytes_le());
-    h[72..80].copy_from_slice(&(entries_lba as u64).to_le_bytes());
+    h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
     h[80..84].copy_from_slice(&ENTRY_COUNT.to_le_bytes());
     h[84..88].copy_from_slice(&ENTRY_SIZE.to_le_bytes());
     h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
@@ -217,7 +221,9 @@ struct Header {
 fn parse_header(h: &[u8], which: &str, total_sectors: u64) -> Result<Header, GptError> {
     let bad = |m: String| GptError::Invalid(format!("{which} GPT header: {m}"));
     if &h[0..8] != SIGNATURE {
-        return Err(bad("no \"EFI PART\" signature (not a GPT disk image)".into()));
+        return Err(bad(
+            "no \"EFI PART\" signature (not a GPT disk image)".into()
+        ));
     }
     let size = u32_at(h, 12);
     if !(HEADER_SIZE..=SECTOR as u32).contains(&size) {
@@ -244,10 +250,16 @@ fn parse_header(h: &[u8], which: &str, total_sectors: u64) -> Result<Header, Gpt
         entries_crc: u32_at(h, 88),
     };
     if hd.entry_count == 0 || hd.entry_count > MAX_ENTRIES {
-        return Err(bad(format!("{} partition entries (expected 1..={MAX_ENTRIES})", hd.entry_count)));
+        return Err(bad(format!(
+            "{} partition entries (expected 1..={MAX_ENTRIES})",
+            hd.entry_count
+        )));
     }
     if hd.entry_size < 128 || !hd.entry_size.is_power_of_two() {
-        return Err(bad(format!("partition entry size {} is not 128 × 2^n", hd.entry_size)));
+        return Err(bad(format!(
+            "partition entry size {} is not 128 × 2^n",
+            hd.entry_size
+        )));
     }
     let entry_sectors = (u64::from(hd.entry_count) * u64::from(hd.entry_size)).div_ceil(SECTOR);
     let entries_end = hd.entries_lba.saturating_add(entry_sectors);
@@ -267,11 +279,7 @@ fn parse_header(h: &[u8], which: &str, total_sectors: u64) -> Result<Header, Gpt
     Ok(hd)
 }
 
-fn read_entries<R: ReadAt + ?Sized>(
-    r: &R,
-    hd: &Header,
-    which: &str,
-) -> Result<Vec<u8>, GptError> {
+fn read_entries<R: ReadAt + ?Sized>(r: &R, hd: &Header, which: &str) -> Result<Vec<u8>, GptError> {
     let len = hd.entry_count as usize * hd.entry_size as usize;
     let mut buf = vec![0u8; len];
     r.read_exact_at(&mut buf, hd.entries_lba * SECTOR)
@@ -310,10 +318,11 @@ pub(crate) fn read_table<R: ReadAt + ?Sized>(r: &R, size: u64) -> Result<ReadTab
     }
     let total_sectors = size / SECTOR;
     let mut head = [0u8; 2 * SECTOR as usize];
-    r.read_exact_at(&mut head, 0).map_err(|source| GptError::Io {
-        what: "the GPT header",
-        source,
-    })?;
+    r.read_exact_at(&mut head, 0)
+        .map_err(|source| GptError::Io {
+            what: "the GPT header",
+            source,
+        })?;
     if head[510..512] != [0x55, 0xAA] || !head[446..510].chunks(16).any(|p| p[4] == 0xEE) {
         return Err(GptError::Invalid(
             "no protective MBR (0x55AA signature with a type 0xEE partition) in sector 0: \
@@ -416,7 +425,9 @@ mod tests {
     #[test]
     fn round_trip_and_corruption() {
         let total = 200u64;
-        let geo = Geometry { total_sectors: total };
+        let geo = Geometry {
+            total_sectors: total,
+        };
         let parts = vec![GptPartition {
             type_guid: Uuid::from_u128(1),
             unique_guid: Uuid::from_u128(2),
@@ -435,12 +446,16 @@ mod tests {
 
         let mut bad = disk.clone();
         bad[2 * 512 + 60] ^= 1; // a name byte in the primary entries
-        let e = read_table(&bad[..], bad.len() as u64).unwrap_err().to_string();
+        let e = read_table(&bad[..], bad.len() as u64)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("primary GPT partition entries"), "{e}");
 
         let mut bad = disk.clone();
         bad[512 + 40] ^= 1; // first usable LBA in the primary header
-        let e = read_table(&bad[..], bad.len() as u64).unwrap_err().to_string();
+        let e = read_table(&bad[..], bad.len() as u64)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("header CRC32"), "{e}");
 
         let truncated = &disk[..disk.len() - 512];

@@ -29,7 +29,9 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectKeyIdentifier};
+use openssl::x509::extension::{
+    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectKeyIdentifier,
+};
 use openssl::x509::{X509NameBuilder, X509Ref, X509};
 use sha2::{Digest, Sha256};
 use sysupdate::Sha256Digest;
@@ -67,7 +69,9 @@ pub enum KeyError {
          (or pass a passphrase) to use it"
     )]
     Encrypted { what: String },
-    #[error("{what} could not be decrypted with the given passphrase: wrong passphrase? ({detail})")]
+    #[error(
+        "{what} could not be decrypted with the given passphrase: wrong passphrase? ({detail})"
+    )]
     WrongPassphrase { what: String, detail: String },
     #[error("{what} is not a PEM private key: {detail}")]
     BadKey { what: String, detail: String },
@@ -176,7 +180,11 @@ impl fmt::Display for KeySource {
             KeySource::Pem { origin, .. } => write!(f, "signing key from {origin}"),
             // The query part of a PKCS#11 URI may carry a PIN: never show it.
             KeySource::Pkcs11 { uri } => {
-                write!(f, "PKCS#11 key {}", uri.split('?').next().unwrap_or_default())
+                write!(
+                    f,
+                    "PKCS#11 key {}",
+                    uri.split('?').next().unwrap_or_default()
+                )
             }
         }
     }
@@ -513,7 +521,10 @@ pub fn keygen_with(
     }
 
     let (pkey, cert) = generate(common_name, options).map_err(KeyError::Generate)?;
-    let key_pem = Secret(pkey.private_key_to_pem_pkcs8().map_err(KeyError::Generate)?);
+    let key_pem = Secret(
+        pkey.private_key_to_pem_pkcs8()
+            .map_err(KeyError::Generate)?,
+    );
     let cert_pem = cert.to_pem().map_err(KeyError::Generate)?;
     let fingerprint = cert_fingerprint(&cert).map_err(KeyError::Generate)?;
 
@@ -547,7 +558,10 @@ pub fn keygen_with(
     })
 }
 
-fn generate(common_name: &str, options: KeygenOptions) -> Result<(PKey<Private>, X509), ErrorStack> {
+fn generate(
+    common_name: &str,
+    options: KeygenOptions,
+) -> Result<(PKey<Private>, X509), ErrorStack> {
     let pkey = PKey::from_rsa(Rsa::generate(options.rsa_bits)?)?;
     let mut name = X509NameBuilder::new()?;
     name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
@@ -570,7 +584,12 @@ fn generate(common_name: &str, options: KeygenOptions) -> Result<(PKey<Private>,
     let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
     b.append_extension(ski)?;
     b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-    b.append_extension(KeyUsage::new().digital_signature().key_cert_sign().build()?)?;
+    b.append_extension(
+        KeyUsage::new()
+            .digital_signature()
+            .key_cert_sign()
+            .build()?,
+    )?;
     // The authority key id refers to the SKI, which must already be set.
     let aki = AuthorityKeyIdentifier::new()
         .keyid(true)

@@ -14,6 +14,8 @@
 //!   root-verity-sig partitions): writer and reader.
 //! - [`sidecar`]: the bare-image form (`NAME.verity`, `NAME.roothash`,
 //!   `NAME.roothash.p7s`): writer and reader.
+//! - [`seal`]: one call that writes the published files in the chosen
+//!   format (`ddi`, `sidecar`, `bare`) and lists them.
 //!
 //! The readers and verifiers ([`ddi::read_ddi`], [`sidecar::read_sidecar`],
 //! [`verity::verify_tree`], [`pkcs7::verify_root_hash`]) are what the node
@@ -25,10 +27,12 @@ mod gpt;
 pub mod keys;
 pub mod openpgp;
 pub mod pkcs7;
+pub mod seal;
 pub mod sidecar;
 pub mod verity;
 
 pub use ddi::{read_ddi, write_ddi, DdiError, DdiLayout, SealedDdi};
 pub use keys::{keygen, KeyError, KeySource, SigningKey};
+pub use seal::{seal, SealFormat, SealRequest, Sealed};
 pub use pkcs7::{sign_root_hash, verify_root_hash, Pkcs7Error, RootHashSignature, TrustedCerts};
 pub use verity::{build_tree, verify_tree, RootHash, VerityError, VerityParams, VerityTree};

@@ -177,9 +177,11 @@ impl TrustedCerts {
     /// `root` (symlinks cannot escape it). Missing directories are fine; a
     /// file that is not a certificate is an error naming it.
     pub fn from_verity_d(root: &Path) -> Result<TrustedCerts, Pkcs7Error> {
-        let read_err = |path: PathBuf| move |e: rustix::io::Errno| Pkcs7Error::Read {
-            path,
-            source: e.into(),
+        let read_err = |path: PathBuf| {
+            move |e: rustix::io::Errno| Pkcs7Error::Read {
+                path,
+                source: e.into(),
+            }
         };
         let root_fd = rustix::fs::open(
             root,
@@ -204,8 +206,8 @@ impl TrustedCerts {
                 Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => continue,
                 Err(e) => return Err(read_err(root.join(dir))(e)),
             };
-            let mut entries = rustix::fs::Dir::read_from(&dir_fd).map_err(read_err(root.join(dir)))?;
-            while let Some(entry) = entries.next() {
+            let entries = rustix::fs::Dir::read_from(&dir_fd).map_err(read_err(root.join(dir)))?;
+            for entry in entries {
                 let entry = entry.map_err(read_err(root.join(dir)))?;
                 let Ok(name) = entry.file_name().to_str() else {
                     continue;
@@ -228,7 +230,8 @@ impl TrustedCerts {
                 Err(e) => return Err(read_err(shown)(e)),
             };
             let st = rustix::fs::fstat(&fd).map_err(read_err(shown.clone()))?;
-            let is_regular = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+            let is_regular = rustix::fs::FileType::from_raw_mode(st.st_mode)
+                == rustix::fs::FileType::RegularFile;
             if !is_regular || st.st_size == 0 {
                 continue; // masked (/dev/null or empty) or not a file
             }
@@ -303,7 +306,9 @@ pub fn verify_root_hash(
     };
     let mut stack = Stack::new().map_err(|e| not_trusted(e.to_string()))?;
     for c in &trusted.certs {
-        stack.push(c.cert.clone()).map_err(|e| not_trusted(e.to_string()))?;
+        stack
+            .push(c.cert.clone())
+            .map_err(|e| not_trusted(e.to_string()))?;
     }
     let store = X509StoreBuilder::new()
         .map_err(|e| not_trusted(e.to_string()))?

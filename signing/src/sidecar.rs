@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use crate::atomic::{commit_all, AtomicFile};
 use crate::keys::SigningKey;
-use crate::pkcs7::{self, Pkcs7Error, RootHashSignature, TrustedCerts, VerifiedSigner, MAX_SIGNATURE_SIZE};
+use crate::pkcs7::{
+    self, Pkcs7Error, RootHashSignature, TrustedCerts, VerifiedSigner, MAX_SIGNATURE_SIZE,
+};
 use crate::verity::{self, build_tree, ByteRange, ReadAt, RootHash, VerityError, VerityParams};
 
 /// Errors from writing or reading sidecar files.
@@ -151,7 +153,10 @@ pub fn write_sidecar(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(SidecarError::Io {
-                    context: format!("cannot remove the stale signature {}", paths.signature.display()),
+                    context: format!(
+                        "cannot remove the stale signature {}",
+                        paths.signature.display()
+                    ),
                     source,
                 })
             }
@@ -212,17 +217,21 @@ pub fn read_sidecar(image: &Path) -> Result<Sidecar, SidecarError> {
         path: paths.roothash.clone(),
         what: "not text".into(),
     })?;
-    let root: RootHash = line.trim_end_matches('\n').parse().map_err(|e| SidecarError::Bad {
-        path: paths.roothash.clone(),
-        what: format!("{e}"),
-    })?;
+    let root: RootHash = line
+        .trim_end_matches('\n')
+        .parse()
+        .map_err(|e| SidecarError::Bad {
+            path: paths.roothash.clone(),
+            what: format!("{e}"),
+        })?;
     if !paths.verity.is_file() {
         return Err(SidecarError::Bad {
             path: paths.verity.clone(),
             what: "missing: the hash device of the image is not there".into(),
         });
     }
-    let signature = read_small(&paths.signature, MAX_SIGNATURE_SIZE)?.map(RootHashSignature::from_der);
+    let signature =
+        read_small(&paths.signature, MAX_SIGNATURE_SIZE)?.map(RootHashSignature::from_der);
     Ok(Sidecar {
         paths,
         root_hash: root,
@@ -240,15 +249,21 @@ pub struct VerifiedSidecar {
 /// Reads the sidecar files and checks in user space: with `trusted`, the
 /// signature must be by one of those certificates; then the whole image is
 /// checked against `NAME.verity` and the root hash.
-pub fn verify_sidecar(image: &Path, trusted: Option<&TrustedCerts>) -> Result<VerifiedSidecar, SidecarError> {
+pub fn verify_sidecar(
+    image: &Path,
+    trusted: Option<&TrustedCerts>,
+) -> Result<VerifiedSidecar, SidecarError> {
     let sidecar = read_sidecar(image)?;
     let signer = match trusted {
         None => None,
         Some(t) => {
-            let sig = sidecar.signature.as_ref().ok_or_else(|| SidecarError::Unsigned {
-                image: image.to_path_buf(),
-                p7s: sidecar.paths.signature.clone(),
-            })?;
+            let sig = sidecar
+                .signature
+                .as_ref()
+                .ok_or_else(|| SidecarError::Unsigned {
+                    image: image.to_path_buf(),
+                    p7s: sidecar.paths.signature.clone(),
+                })?;
             Some(
                 pkcs7::verify_root_hash(&sidecar.root_hash, sig.as_der(), t).map_err(|source| {
                     SidecarError::Signature {
@@ -275,12 +290,12 @@ pub fn verify_sidecar(image: &Path, trusted: Option<&TrustedCerts>) -> Result<Ve
     };
     let data_range = ByteRange::new(0, size(&data, image)?);
     let hash_range = ByteRange::new(0, size(&hash, &sidecar.paths.verity)?);
-    verity::verify_tree(&data, data_range, &hash, hash_range, &sidecar.root_hash).map_err(|source| {
-        SidecarError::Verity {
+    verity::verify_tree(&data, data_range, &hash, hash_range, &sidecar.root_hash).map_err(
+        |source| SidecarError::Verity {
             path: image.to_path_buf(),
             source,
-        }
-    })?;
+        },
+    )?;
     Ok(VerifiedSidecar { sidecar, signer })
 }
 

@@ -88,14 +88,19 @@ pub enum VerityError {
          the data or the hash device is corrupt"
     )]
     DataBlockMismatch { block: u64, start: u64, end: u64 },
-    #[error("hash block {index} of tree level {level} (level 0 is nearest the data) is corrupt: {what}")]
+    #[error(
+        "hash block {index} of tree level {level} (level 0 is nearest the data) is corrupt: {what}"
+    )]
     HashBlockMismatch {
         level: usize,
         index: u64,
         what: &'static str,
     },
     #[error("root hash mismatch: expected {expected}, the tree gives {actual}")]
-    RootHashMismatch { expected: RootHash, actual: RootHash },
+    RootHashMismatch {
+        expected: RootHash,
+        actual: RootHash,
+    },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VerityError {
@@ -140,7 +145,9 @@ impl fmt::Debug for RootHash {
 
 /// Text that is not a sha256 root hash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a root hash {shown:?}: expected 64 lowercase hex digits (a sha256 dm-verity root hash)")]
+#[error(
+    "not a root hash {shown:?}: expected 64 lowercase hex digits (a sha256 dm-verity root hash)"
+)]
 pub struct BadRootHash {
     /// The offending text, cut to 80 characters.
     pub shown: String,
@@ -152,8 +159,8 @@ impl FromStr for RootHash {
         let bad = || BadRootHash {
             shown: s.chars().take(80).collect(),
         };
-        let ok = s.len() == 2 * DIGEST_SIZE
-            && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let ok =
+            s.len() == 2 * DIGEST_SIZE && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !ok {
             return Err(bad());
         }
@@ -317,8 +324,15 @@ pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     }
     let ipad: Vec<u8> = k0.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k0.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(message).finalize();
-    Sha256::new().chain_update(&opad).chain_update(inner).finalize().into()
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 /// Sets the version (4) and variant (RFC 4122) bits, like systemd's
@@ -421,7 +435,10 @@ impl<R: ReadAt + ?Sized> ReadAt for ZeroPadded<'_, R> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset.saturating_add(buf.len() as u64);
         if end > self.padded_len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end",
+            ));
         }
         let real = self.inner_len.saturating_sub(offset).min(buf.len() as u64) as usize;
         let (head, tail) = buf.split_at_mut(real);
@@ -472,7 +489,9 @@ impl Layout {
             position += s;
         }
         let device_size = position.checked_mul(hbs).ok_or_else(|| {
-            VerityError::InvalidParams(format!("{data_blocks} data blocks need a hash device larger than 2^64 bytes"))
+            VerityError::InvalidParams(format!(
+                "{data_blocks} data blocks need a hash device larger than 2^64 bytes"
+            ))
         })?;
         Ok(Layout {
             data_blocks,
@@ -539,11 +558,15 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
 pub fn parse_superblock(sb: &[u8; SUPERBLOCK_SIZE]) -> Result<(VerityParams, u64), VerityError> {
     let bad = |m: String| VerityError::BadSuperblock(m);
     if &sb[0..8] != SIGNATURE {
-        return Err(bad("no \"verity\" signature at the start of the hash device".into()));
+        return Err(bad(
+            "no \"verity\" signature at the start of the hash device".into(),
+        ));
     }
     let version = le_u32(sb, 8);
     if version != 1 {
-        return Err(bad(format!("superblock version {version}, only 1 is supported")));
+        return Err(bad(format!(
+            "superblock version {version}, only 1 is supported"
+        )));
     }
     let hash_type = le_u32(sb, 12);
     if hash_type != 1 {
@@ -554,7 +577,9 @@ pub fn parse_superblock(sb: &[u8; SUPERBLOCK_SIZE]) -> Result<(VerityParams, u64
     let alg_end = sb[32..64].iter().position(|&b| b == 0).unwrap_or(32);
     let alg = String::from_utf8_lossy(&sb[32..32 + alg_end]);
     if alg != ALGORITHM {
-        return Err(bad(format!("hash algorithm {alg:?}, only sha256 is supported")));
+        return Err(bad(format!(
+            "hash algorithm {alg:?}, only sha256 is supported"
+        )));
     }
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&sb[16..32]);
@@ -565,7 +590,9 @@ pub fn parse_superblock(sb: &[u8; SUPERBLOCK_SIZE]) -> Result<(VerityParams, u64
     let data_blocks = u64::from_le_bytes(blocks);
     let salt_size = usize::from(u16::from_le_bytes([sb[80], sb[81]]));
     if salt_size > MAX_SALT_SIZE {
-        return Err(bad(format!("salt size {salt_size} is larger than {MAX_SALT_SIZE}")));
+        return Err(bad(format!(
+            "salt size {salt_size} is larger than {MAX_SALT_SIZE}"
+        )));
     }
     if data_blocks == 0 {
         return Err(bad("it covers 0 data blocks".into()));
@@ -661,7 +688,8 @@ fn hash_upper_block(
     out.fill(0);
     for k in 0..count {
         let b = (first as usize + k) * hbs;
-        out[k * DIGEST_SIZE..(k + 1) * DIGEST_SIZE].copy_from_slice(&hasher.digest(&lower[b..b + hbs]));
+        out[k * DIGEST_SIZE..(k + 1) * DIGEST_SIZE]
+            .copy_from_slice(&hasher.digest(&lower[b..b + hbs]));
     }
 }
 
@@ -743,7 +771,10 @@ pub fn build_tree<R: ReadAt + ?Sized>(
     let layout = Layout::new(data_blocks, params)?;
     let hbs = params.hash_block_size as usize;
     let device_len = usize::try_from(layout.device_size).map_err(|_| {
-        VerityError::InvalidParams(format!("a {}-byte hash device does not fit in memory", layout.device_size))
+        VerityError::InvalidParams(format!(
+            "a {}-byte hash device does not fit in memory",
+            layout.device_size
+        ))
     })?;
     let mut device = vec![0u8; device_len];
     write_superblock(&mut device, params, data_blocks);
@@ -753,17 +784,32 @@ pub fn build_tree<R: ReadAt + ?Sized>(
         // One data block: no tree, the root is the block's own digest.
         let mut block = vec![0u8; params.data_block_size as usize];
         data.read_exact_at(&mut block, range.offset)
-            .map_err(io_err(format!("reading data block 0 at byte {}", range.offset)))?;
+            .map_err(io_err(format!(
+                "reading data block 0 at byte {}",
+                range.offset
+            )))?;
         hasher.digest(&block)
     } else {
         let buf_len = read_buf_len(params);
         let level0 = layout.level_bytes(0, hbs);
-        device[level0].par_chunks_mut(hbs).enumerate().try_for_each_init(
-            || vec![0u8; buf_len],
-            |buf, (j, out)| {
-                hash_level0_block(data, range.offset, &layout, params, &hasher, j as u64, buf, out)
-            },
-        )?;
+        device[level0]
+            .par_chunks_mut(hbs)
+            .enumerate()
+            .try_for_each_init(
+                || vec![0u8; buf_len],
+                |buf, (j, out)| {
+                    hash_level0_block(
+                        data,
+                        range.offset,
+                        &layout,
+                        params,
+                        &hasher,
+                        j as u64,
+                        buf,
+                        out,
+                    )
+                },
+            )?;
         for level in 1..layout.levels.len() {
             let lower_range = layout.level_bytes(level - 1, hbs);
             let upper_range = layout.level_bytes(level, hbs);
@@ -771,9 +817,12 @@ pub fn build_tree<R: ReadAt + ?Sized>(
             let (head, tail) = device.split_at_mut(lower_range.start);
             let lower = &tail[..lower_range.len()];
             let lower_blocks = layout.levels[level - 1].1;
-            head[upper_range].par_chunks_mut(hbs).enumerate().for_each(|(j, out)| {
-                hash_upper_block(lower, lower_blocks, params, &hasher, j as u64, out)
-            });
+            head[upper_range]
+                .par_chunks_mut(hbs)
+                .enumerate()
+                .for_each(|(j, out)| {
+                    hash_upper_block(lower, lower_blocks, params, &hasher, j as u64, out)
+                });
         }
         let top = layout.level_bytes(layout.levels.len() - 1, hbs);
         hasher.digest(&device[top])
@@ -970,7 +1019,10 @@ mod tests {
     #[test]
     fn hmac_long_key_rfc4231_case_6() {
         let key = [0xaau8; 131];
-        let mac = hmac_sha256(&key, b"Test Using Larger Than Block-Size Key - Hash Key First");
+        let mac = hmac_sha256(
+            &key,
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+        );
         assert_eq!(
             hex::encode(mac),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
@@ -1021,13 +1073,18 @@ mod tests {
         assert_eq!(q, p);
         assert_eq!(n, 1234);
         sb[32] = b'x';
-        assert!(parse_superblock(&sb).unwrap_err().to_string().contains("sha256"));
+        assert!(parse_superblock(&sb)
+            .unwrap_err()
+            .to_string()
+            .contains("sha256"));
     }
 
     #[test]
     fn build_then_verify_and_detect_flips() {
         let p = params(2);
-        let data: Vec<u8> = (0..300 * 4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..300 * 4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let range = ByteRange::new(0, data.len() as u64);
         let tree = build_tree(&data[..], range, &p).unwrap();
         let hash = tree.hash_device().to_vec();
@@ -1045,12 +1102,25 @@ mod tests {
         let last_l0 = hash.len() - 4096;
         bad_hash[last_l0 + 44 * 32 + 5] = 1;
         let e = verify_tree(&data[..], range, &bad_hash[..], hr, &tree.root_hash()).unwrap_err();
-        assert!(matches!(e, VerityError::HashBlockMismatch { level: 0, .. }), "{e}");
+        assert!(
+            matches!(e, VerityError::HashBlockMismatch { level: 0, .. }),
+            "{e}"
+        );
         // A flip in the top level.
         let mut bad_top = hash.clone();
         bad_top[4096 + 3] ^= 0x80;
         let e = verify_tree(&data[..], range, &bad_top[..], hr, &tree.root_hash()).unwrap_err();
-        assert!(matches!(e, VerityError::HashBlockMismatch { level: 1, index: 0, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                VerityError::HashBlockMismatch {
+                    level: 1,
+                    index: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // Wrong root.
         let e = verify_tree(&data[..], range, &hash[..], hr, &RootHash([0; 32])).unwrap_err();
         assert!(matches!(e, VerityError::RootHashMismatch { .. }), "{e}");

@@ -109,8 +109,16 @@ fn main() {
         if have_curl {
             let dir = tempfile::tempdir().expect("temp dir");
             let mut cmd = Command::new("curl");
-            cmd.args(["--silent", "--fail", "--parallel", "--parallel-max", "8"])
-                .current_dir(dir.path());
+            cmd.args([
+                "--silent",
+                "--no-progress-meter",
+                "--fail",
+                "--parallel",
+                "--parallel-immediate",
+                "--parallel-max",
+                "8",
+            ])
+            .current_dir(dir.path());
             for r in &reqs {
                 cmd.arg("--remote-name").arg(r.url.as_str());
             }

@@ -171,9 +171,10 @@ impl MockGithub {
         };
         let state = Arc::new(Mutex::new(state));
         let handler_state = state.clone();
-        let (addr, stop, thread) = spawn_server(Arc::new(move |req: Request, stream: &mut TcpStream| {
-            handle(&handler_state, req, stream)
-        }));
+        let (addr, stop, thread) =
+            spawn_server(Arc::new(move |req: Request, stream: &mut TcpStream| {
+                handle(&handler_state, req, stream)
+            }));
         MockGithub {
             addr,
             state,
@@ -232,7 +233,10 @@ impl Request {
     }
 
     fn query(&self, k: &str) -> Option<&str> {
-        self.query.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -258,7 +262,9 @@ fn spawn_server(handler: Handler) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<()
 
 fn serve_connection(stream: TcpStream, handler: Handler) {
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-    let Ok(mut out) = stream.try_clone() else { return };
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -359,7 +365,10 @@ fn respond(out: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &
         502 => "Bad Gateway",
         _ => "Status",
     };
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -394,7 +403,9 @@ fn already_exists(out: &mut TcpStream, resource: &str, field: &str) {
 }
 
 fn base(out: &TcpStream) -> String {
-    out.local_addr().map(|a| format!("http://{a}")).unwrap_or_default()
+    out.local_addr()
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default()
 }
 
 fn release_json(st: &State, r: &MockRelease, base: &str) -> Value {
@@ -430,7 +441,12 @@ fn asset_json(st: &State, tag: &str, a: &MockAsset, base: &str) -> Value {
 fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
     let base = base(out);
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    let segs: Vec<String> = req.path.trim_start_matches('/').split('/').map(str::to_string).collect();
+    let segs: Vec<String> = req
+        .path
+        .trim_start_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
     let seg = |i: usize| segs.get(i).map(String::as_str).unwrap_or("");
     let method = req.method.clone();
     let log_line = format!("{method} {}", req.path);
@@ -445,14 +461,27 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
             .flat_map(|r| r.assets.iter())
             .find(|a| a.id == id && a.state == "uploaded")
             .map(|a| a.bytes.clone());
-        st.log.push(format!("{log_line} -> {}", if found.is_some() { 200 } else { 404 }));
+        st.log.push(format!(
+            "{log_line} -> {}",
+            if found.is_some() { 200 } else { 404 }
+        ));
         match found {
-            Some(b) => respond(out, 200, &[("Content-Type", "application/octet-stream".into())], &b),
+            Some(b) => respond(
+                out,
+                200,
+                &[("Content-Type", "application/octet-stream".into())],
+                &b,
+            ),
             None => message(out, 404, "Not Found"),
         }
         return;
     }
-    if method == "GET" && seg(0) == st.owner && seg(1) == st.repo && seg(2) == "releases" && seg(3) == "download" {
+    if method == "GET"
+        && seg(0) == st.owner
+        && seg(1) == st.repo
+        && seg(2) == "releases"
+        && seg(3) == "download"
+    {
         let (tag, name) = (seg(4).to_string(), seg(5).to_string());
         let id = st
             .releases
@@ -461,9 +490,17 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
             .flat_map(|r| r.assets.iter())
             .find(|a| a.name == name && a.state == "uploaded")
             .map(|a| a.id);
-        st.log.push(format!("{log_line} -> {}", if id.is_some() { 302 } else { 404 }));
+        st.log.push(format!(
+            "{log_line} -> {}",
+            if id.is_some() { 302 } else { 404 }
+        ));
         match id {
-            Some(id) => respond(out, 302, &[("Location", format!("{base}/_storage/{id}"))], b""),
+            Some(id) => respond(
+                out,
+                302,
+                &[("Location", format!("{base}/_storage/{id}"))],
+                b"",
+            ),
             None => message(out, 404, "Not Found"),
         }
         return;
@@ -500,8 +537,18 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
                 ],
                 msg.as_bytes(),
             ),
-            RateLimit::Secondary { secs } => respond(out, 403, &[("retry-after", secs.to_string())], msg.as_bytes()),
-            RateLimit::TooMany { secs } => respond(out, 429, &[("retry-after", secs.to_string())], msg.as_bytes()),
+            RateLimit::Secondary { secs } => respond(
+                out,
+                403,
+                &[("retry-after", secs.to_string())],
+                msg.as_bytes(),
+            ),
+            RateLimit::TooMany { secs } => respond(
+                out,
+                429,
+                &[("retry-after", secs.to_string())],
+                msg.as_bytes(),
+            ),
         }
         return;
     }
@@ -520,7 +567,9 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
         }
     }
     let n = st.mutations;
-    if fault == Some(FaultKind::BeforeApply) || (fault == Some(FaultKind::BreakMidUpload) && method != "POST") {
+    if fault == Some(FaultKind::BeforeApply)
+        || (fault == Some(FaultKind::BreakMidUpload) && method != "POST")
+    {
         st.log.push(format!("#{n} {log_line} -> 500 (injected)"));
         message(out, 500, "Server Error");
         return;
@@ -546,9 +595,17 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
         ("POST", []) => {
             let body = req.read_body(1 << 20).unwrap_or_default();
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let Some(tag) = v.get("tag_name").and_then(Value::as_str).map(str::to_string) else {
+            let Some(tag) = v
+                .get("tag_name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
                 status_for_log = 422;
-                respond_json(out, 422, &json!({"message": "Validation Failed", "errors": [{"resource": "Release", "code": "missing_field", "field": "tag_name"}]}));
+                respond_json(
+                    out,
+                    422,
+                    &json!({"message": "Validation Failed", "errors": [{"resource": "Release", "code": "missing_field", "field": "tag_name"}]}),
+                );
                 st.log.push(format!("#{n} {log_line} -> {status_for_log}"));
                 return;
             };
@@ -561,7 +618,11 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
                 let r = MockRelease {
                     id,
                     tag: tag.clone(),
-                    name: v.get("name").and_then(Value::as_str).unwrap_or(&tag).to_string(),
+                    name: v
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or(&tag)
+                        .to_string(),
                     assets: Vec::new(),
                 };
                 st.releases.push(r.clone());
@@ -583,7 +644,11 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(30usize)
                 .clamp(1, st.max_per_page);
-            let page = req.query("page").and_then(|p| p.parse().ok()).unwrap_or(1usize).max(1);
+            let page = req
+                .query("page")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(1usize)
+                .max(1);
             let Some(r) = st.releases.iter().find(|r| r.id == id).cloned() else {
                 st.log.push(format!("{log_line} -> 404"));
                 message(out, 404, "Not Found");
@@ -609,7 +674,12 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
                 ));
             }
             status_for_log = 200;
-            respond(out, 200, &headers, Value::Array(items).to_string().as_bytes());
+            respond(
+                out,
+                200,
+                &headers,
+                Value::Array(items).to_string().as_bytes(),
+            );
         }
         ("POST", [id, "assets"]) => {
             let id: u64 = id.parse().unwrap_or(0);
@@ -624,7 +694,12 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
                 message(out, 411, "Length Required");
                 return;
             };
-            let Some(tag) = st.releases.iter().find(|r| r.id == id).map(|r| r.tag.clone()) else {
+            let Some(tag) = st
+                .releases
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| r.tag.clone())
+            else {
                 st.log.push(format!("#{n} {log_line} -> 404"));
                 message(out, 404, "Not Found");
                 return;
@@ -654,7 +729,9 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
                     });
                 }
                 st.record(format!("broken upload {tag}/{name}"));
-                st.log.push(format!("#{n} {log_line} name={name} -> connection dropped (injected)"));
+                st.log.push(format!(
+                    "#{n} {log_line} name={name} -> connection dropped (injected)"
+                ));
                 let _ = out.shutdown(std::net::Shutdown::Both);
                 return;
             }
@@ -716,11 +793,19 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
                 (None, _) => Err(404),
                 (Some(_), None) => Err(422),
                 (Some((r, i)), Some(nn)) => {
-                    if r.assets.iter().enumerate().any(|(j, a)| j != i && a.name == nn) {
+                    if r.assets
+                        .iter()
+                        .enumerate()
+                        .any(|(j, a)| j != i && a.name == nn)
+                    {
                         Err(4220)
                     } else {
                         let old = std::mem::replace(&mut r.assets[i].name, nn.clone());
-                        Ok((r.tag.clone(), r.assets[i].clone(), format!("rename {}/{old} -> {nn}", r.tag)))
+                        Ok((
+                            r.tag.clone(),
+                            r.assets[i].clone(),
+                            format!("rename {}/{old} -> {nn}", r.tag),
+                        ))
                     }
                 }
             };
@@ -748,10 +833,12 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
         }
         ("GET", ["assets", aid]) => {
             let aid: u64 = aid.parse().unwrap_or(0);
-            let found = st
-                .releases
-                .iter()
-                .find_map(|r| r.assets.iter().find(|a| a.id == aid).map(|a| (r.tag.clone(), a.clone())));
+            let found = st.releases.iter().find_map(|r| {
+                r.assets
+                    .iter()
+                    .find(|a| a.id == aid)
+                    .map(|a| (r.tag.clone(), a.clone()))
+            });
             match found {
                 None => {
                     status_for_log = 404;
@@ -763,7 +850,12 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
                         .is_some_and(|h| h.contains("application/octet-stream"))
                     {
                         status_for_log = 302;
-                        respond(out, 302, &[("Location", format!("{base}/_storage/{aid}"))], b"");
+                        respond(
+                            out,
+                            302,
+                            &[("Location", format!("{base}/_storage/{aid}"))],
+                            b"",
+                        );
                     } else {
                         status_for_log = 200;
                         let v = asset_json(&st, &tag, &a, &base);
@@ -777,9 +869,14 @@ fn handle(state: &Arc<Mutex<State>>, mut req: Request, out: &mut TcpStream) {
             message(out, 404, "Not Found");
         }
     }
-    let prefix = if mutating { format!("#{n} ") } else { String::new() };
+    let prefix = if mutating {
+        format!("#{n} ")
+    } else {
+        String::new()
+    };
     let suffix = if fault.is_some() { " (injected)" } else { "" };
-    st.log.push(format!("{prefix}{log_line} -> {status_for_log}{suffix}"));
+    st.log
+        .push(format!("{prefix}{log_line} -> {status_for_log}{suffix}"));
 }
 
 /// A plain static file server over a directory (GET only, no listing,

@@ -47,8 +47,9 @@ fn version_key(v: &str) -> Vec<(u64, String)> {
 impl Kernel {
     /// The newest `/boot/vmlinuz-VERSION` that has `/lib/modules/VERSION/modules.dep`.
     pub fn find() -> Kernel {
-        Kernel::find_in(Path::new("/boot"), Path::new("/lib/modules"))
-            .unwrap_or_else(|e| panic!("{e}; install the Debian package linux-image-amd64 (./scripts/test.sh does)"))
+        Kernel::find_in(Path::new("/boot"), Path::new("/lib/modules")).unwrap_or_else(|e| {
+            panic!("{e}; install the Debian package linux-image-amd64 (./scripts/test.sh does)")
+        })
     }
 
     pub fn find_in(boot: &Path, modules: &Path) -> Result<Kernel, String> {
@@ -78,13 +79,24 @@ impl Kernel {
         })
     }
 
-    /// The module files (paths relative to the modules directory) needed
-    /// to load `names`, dependencies first. Built-in modules are skipped.
-    pub fn resolve_modules(&self, names: &[&str]) -> Result<Vec<String>, String> {
+    /// The module index of this kernel (`modules.dep`, `modules.builtin`,
+    /// `modules.softdep`, `modules.alias`).
+    pub fn module_index(&self) -> Result<ModuleIndex, String> {
+        let read = |n: &str| fs::read_to_string(self.modules_dir.join(n));
         let dep_path = self.modules_dir.join("modules.dep");
-        let dep = fs::read_to_string(&dep_path).map_err(|e| format!("reading {}: {e}", dep_path.display()))?;
-        let builtin = fs::read_to_string(self.modules_dir.join("modules.builtin")).unwrap_or_default();
-        resolve_modules(&dep, &builtin, names)
+        let dep =
+            read("modules.dep").map_err(|e| format!("reading {}: {e}", dep_path.display()))?;
+        ModuleIndex::parse(
+            &dep,
+            &read("modules.builtin").unwrap_or_default(),
+            &read("modules.softdep").unwrap_or_default(),
+            &read("modules.alias").unwrap_or_default(),
+        )
+    }
+
+    /// The modules needed to load `names`, dependencies first.
+    pub fn resolve_modules(&self, names: &[&str]) -> Result<Vec<ModuleLoad>, String> {
+        self.module_index()?.resolve(names)
     }
 }
 
@@ -95,58 +107,175 @@ pub fn module_name(path_or_name: &str) -> String {
     base.replace('-', "_")
 }
 
-/// Resolves `names` against the text of `modules.dep` (and
-/// `modules.builtin`): module paths in load order.
-pub fn resolve_modules(modules_dep: &str, modules_builtin: &str, names: &[&str]) -> Result<Vec<String>, String> {
-    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
-    for (i, line) in modules_dep.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+/// One module to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLoad {
+    /// Path relative to the modules directory, as in `modules.dep`.
+    pub path: String,
+    /// A soft dependency (`modules.softdep` `pre:`, matched through
+    /// `modules.alias`): loading it may fail (e.g. a CPU-specific variant)
+    /// as long as another one provides the feature.
+    pub optional: bool,
+}
+
+/// What `modprobe` knows about a kernel's modules.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleIndex {
+    deps: BTreeMap<String, (String, Vec<String>)>,
+    builtin: BTreeSet<String>,
+    softdeps: BTreeMap<String, Vec<String>>,
+    aliases: BTreeMap<String, Vec<String>>,
+}
+
+impl ModuleIndex {
+    /// Parses the index files' text.
+    pub fn parse(
+        modules_dep: &str,
+        builtin: &str,
+        softdep: &str,
+        alias: &str,
+    ) -> Result<ModuleIndex, String> {
+        let mut me = ModuleIndex::default();
+        for (i, line) in modules_dep.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (path, rest) = line
+                .split_once(':')
+                .ok_or_else(|| format!("modules.dep line {}: no ':' in {line:?}", i + 1))?;
+            let d = rest.split_whitespace().map(str::to_string).collect();
+            me.deps.insert(module_name(path), (path.to_string(), d));
         }
-        let (path, rest) = line
-            .split_once(':')
-            .ok_or_else(|| format!("modules.dep line {}: no ':' in {line:?}", i + 1))?;
-        let d = rest.split_whitespace().map(str::to_string).collect();
-        deps.insert(module_name(path), (path.to_string(), d));
+        me.builtin = builtin.lines().map(module_name).collect();
+        for line in softdep.lines() {
+            let mut w = line.split_whitespace();
+            if w.next() != Some("softdep") {
+                continue;
+            }
+            let Some(m) = w.next() else { continue };
+            let mut pre = false;
+            for t in w {
+                match t {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    n if pre => me
+                        .softdeps
+                        .entry(module_name(m))
+                        .or_default()
+                        .push(n.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        for line in alias.lines() {
+            let mut w = line.split_whitespace();
+            if let (Some("alias"), Some(a), Some(m)) = (w.next(), w.next(), w.next()) {
+                me.aliases
+                    .entry(a.to_string())
+                    .or_default()
+                    .push(module_name(m));
+            }
+        }
+        Ok(me)
     }
-    let builtin: BTreeSet<String> = modules_builtin.lines().map(module_name).collect();
-    let mut order = Vec::new();
-    let mut seen = BTreeSet::new();
+
+    /// Modules that `name` (a module name or an exact alias) stands for.
+    fn lookup(&self, name: &str) -> Vec<String> {
+        let m = module_name(name);
+        if self.deps.contains_key(&m) || self.builtin.contains(&m) {
+            return vec![m];
+        }
+        self.aliases.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The module files to load for `names`, dependencies (soft ones too)
+    /// first. Built-in modules are skipped.
+    pub fn resolve(&self, names: &[&str]) -> Result<Vec<ModuleLoad>, String> {
+        let mut order: Vec<ModuleLoad> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for n in names {
+            self.visit(
+                &module_name(n),
+                false,
+                &mut seen,
+                &mut order,
+                &mut Vec::new(),
+            )?;
+        }
+        Ok(order)
+    }
+
     fn visit(
+        &self,
         name: &str,
-        deps: &BTreeMap<String, (String, Vec<String>)>,
-        builtin: &BTreeSet<String>,
+        optional: bool,
         seen: &mut BTreeSet<String>,
-        order: &mut Vec<String>,
+        order: &mut Vec<ModuleLoad>,
         stack: &mut Vec<String>,
     ) -> Result<(), String> {
         if seen.contains(name) {
+            if !optional {
+                // Required after all: make an earlier soft load required.
+                if let Some((path, _)) = self.deps.get(name) {
+                    for l in order.iter_mut().filter(|l| &l.path == path) {
+                        l.optional = false;
+                    }
+                }
+            }
             return Ok(());
         }
         if stack.iter().any(|s| s == name) {
-            return Err(format!("module dependency cycle: {} -> {name}", stack.join(" -> ")));
+            return Err(format!(
+                "module dependency cycle: {} -> {name}",
+                stack.join(" -> ")
+            ));
         }
-        let Some((path, ds)) = deps.get(name) else {
-            if builtin.contains(name) {
+        let Some((path, ds)) = self.deps.get(name) else {
+            if self.builtin.contains(name) {
                 seen.insert(name.to_string());
                 return Ok(());
             }
-            return Err(format!("kernel module {name} is neither in modules.dep nor built in"));
+            if optional {
+                return Ok(());
+            }
+            return Err(format!(
+                "kernel module {name} is neither in modules.dep nor built in"
+            ));
         };
         stack.push(name.to_string());
+        if let Some(pre) = self.softdeps.get(name) {
+            for p in pre {
+                for m in self.lookup(p) {
+                    self.visit(&m, true, seen, order, stack)?;
+                }
+            }
+        }
         // modules.dep lists the full closure; the last entry loads first.
         for d in ds.iter().rev() {
-            visit(&module_name(d), deps, builtin, seen, order, stack)?;
+            self.visit(&module_name(d), optional, seen, order, stack)?;
         }
         stack.pop();
         seen.insert(name.to_string());
-        order.push(path.clone());
+        order.push(ModuleLoad {
+            path: path.clone(),
+            optional,
+        });
         Ok(())
     }
-    for n in names {
-        visit(&module_name(n), &deps, &builtin, &mut seen, &mut order, &mut Vec::new())?;
-    }
-    Ok(order)
+}
+
+/// Resolves `names` against the text of `modules.dep` and
+/// `modules.builtin` only: module paths in load order.
+pub fn resolve_modules(
+    modules_dep: &str,
+    modules_builtin: &str,
+    names: &[&str],
+) -> Result<Vec<String>, String> {
+    Ok(ModuleIndex::parse(modules_dep, modules_builtin, "", "")?
+        .resolve(names)?
+        .into_iter()
+        .map(|l| l.path)
+        .collect())
 }
 
 /// Reads a module file, decompressing `.xz`, `.zst` and `.gz`.
@@ -159,7 +288,8 @@ pub fn read_module(path: &Path) -> Vec<u8> {
             .read_to_end(&mut out)
             .unwrap_or_else(|e| panic!("cannot unpack {}: {e}", path.display()));
     } else if name.ends_with(".zst") {
-        out = zstd::decode_all(&raw[..]).unwrap_or_else(|e| panic!("cannot unpack {}: {e}", path.display()));
+        out = zstd::decode_all(&raw[..])
+            .unwrap_or_else(|e| panic!("cannot unpack {}: {e}", path.display()));
     } else if name.ends_with(".gz") {
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
@@ -184,11 +314,15 @@ pub enum Entry {
 #[derive(Debug, Default, Clone)]
 pub struct Initramfs {
     entries: BTreeMap<String, Entry>,
-    modules: Vec<String>,
+    /// Archive paths of the modules to load, in order, and whether a load
+    /// may fail.
+    modules: Vec<(String, bool)>,
 }
 
 fn clean(path: &str) -> String {
-    path.trim_start_matches('/').trim_end_matches('/').to_string()
+    path.trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// The shell library every guest script can source (`. /lib/vmtest.sh`).
@@ -226,7 +360,9 @@ run_blob() {
 impl Initramfs {
     pub fn new() -> Initramfs {
         let mut me = Initramfs::default();
-        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "etc", "lib"] {
+        for d in [
+            "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "etc", "lib",
+        ] {
             me.dir(d, 0o755);
         }
         me.entries.insert("tmp".into(), Entry::Dir { mode: 0o1777 });
@@ -247,6 +383,17 @@ impl Initramfs {
             },
         );
         me.file("lib/vmtest.sh", 0o644, GUEST_LIB.as_bytes().to_vec());
+        me.file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        );
+        me.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
+        me.file(
+            "etc/hosts",
+            0o644,
+            b"127.0.0.1 localhost\n10.0.2.2 host\n".to_vec(),
+        );
         me
     }
 
@@ -258,7 +405,9 @@ impl Initramfs {
                 p.push('/');
             }
             p.push_str(part);
-            self.entries.entry(p.clone()).or_insert(Entry::Dir { mode: 0o755 });
+            self.entries
+                .entry(p.clone())
+                .or_insert(Entry::Dir { mode: 0o755 });
         }
     }
 
@@ -272,7 +421,13 @@ impl Initramfs {
     pub fn file(&mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) -> &mut Self {
         let p = clean(path);
         self.parents(&p);
-        self.entries.insert(p, Entry::File { mode, data: data.into() });
+        self.entries.insert(
+            p,
+            Entry::File {
+                mode,
+                data: data.into(),
+            },
+        );
         self
     }
 
@@ -285,7 +440,12 @@ impl Initramfs {
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
         let p = clean(path);
         self.parents(&p);
-        self.entries.insert(p, Entry::Symlink { target: target.into() });
+        self.entries.insert(
+            p,
+            Entry::Symlink {
+                target: target.into(),
+            },
+        );
         self
     }
 
@@ -299,7 +459,9 @@ impl Initramfs {
             .into_iter()
             .map(Path::new)
             .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("busybox is not installed; install the Debian package busybox-static"));
+            .unwrap_or_else(|| {
+                panic!("busybox is not installed; install the Debian package busybox-static")
+            });
         let ldd = Command::new("ldd").arg(bb).output();
         if let Ok(o) = &ldd {
             let text = String::from_utf8_lossy(&o.stdout);
@@ -310,7 +472,10 @@ impl Initramfs {
             );
         }
         self.copy("bin/busybox", bb, 0o755);
-        let list = Command::new(bb).arg("--list-full").output().expect("cannot run busybox --list-full");
+        let list = Command::new(bb)
+            .arg("--list-full")
+            .output()
+            .expect("cannot run busybox --list-full");
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             let applet = applet.trim();
             if applet.is_empty() || applet == "bin/busybox" || applet == "linuxrc" {
@@ -328,16 +493,20 @@ impl Initramfs {
         let order = kernel
             .resolve_modules(names)
             .unwrap_or_else(|e| panic!("{e} (kernel {})", kernel.version));
-        for rel in order {
-            let data = read_module(&kernel.modules_dir.join(&rel));
+        for load in order {
+            let rel = &load.path;
+            let data = read_module(&kernel.modules_dir.join(rel));
             let plain = match rel.find(".ko") {
                 Some(i) => format!("{}.ko", &rel[..i]),
                 None => rel.clone(),
             };
             let dest = format!("lib/modules/{}/{plain}", kernel.version);
-            if !self.modules.contains(&dest) {
-                self.file(&dest, 0o644, data);
-                self.modules.push(dest);
+            match self.modules.iter_mut().find(|(m, _)| *m == dest) {
+                Some((_, optional)) => *optional &= load.optional,
+                None => {
+                    self.file(&dest, 0o644, data);
+                    self.modules.push((dest, load.optional));
+                }
             }
         }
         self
@@ -347,7 +516,15 @@ impl Initramfs {
     pub fn insmod_script(&self) -> String {
         self.modules
             .iter()
-            .map(|m| format!("insmod /{m} || echo \"RESULT insmod FAIL {m}\"\n"))
+            .map(|(m, optional)| {
+                if *optional {
+                    format!(
+                        "insmod /{m} 2>/dev/null || echo \"optional module {m} did not load\"\n"
+                    )
+                } else {
+                    format!("insmod /{m} || echo \"RESULT insmod FAIL {m}\"\n")
+                }
+            })
             .collect()
     }
 
@@ -412,44 +589,59 @@ impl Initramfs {
             insmod = self.insmod_script(),
         );
         self.file("init", 0o755, init.into_bytes());
-        self.file("scenario.sh", 0o755, format!(". /lib/vmtest.sh\n{scenario}").into_bytes());
+        self.file(
+            "scenario.sh",
+            0o755,
+            format!(". /lib/vmtest.sh\n{scenario}").into_bytes(),
+        );
         self
     }
 
     /// The archive as `newc` cpio bytes (deterministic: sorted, mtime 0).
     pub fn to_newc(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut ino = 1u32;
-        for (path, e) in &self.entries {
+        for (ino, (path, e)) in (1u32..).zip(&self.entries) {
             let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match e {
                 Entry::Dir { mode } => (0o040000 | mode, &[], (0, 0)),
                 Entry::File { mode, data } => (0o100000 | mode, data, (0, 0)),
                 Entry::Symlink { target } => (0o120777, target.as_bytes(), (0, 0)),
                 Entry::CharDev { mode, major, minor } => (0o020000 | mode, &[], (*major, *minor)),
             };
-            newc_entry(&mut out, ino, mode, if matches!(e, Entry::Dir { .. }) { 2 } else { 1 }, rdev, path, data);
-            ino += 1;
+            newc_entry(
+                &mut out,
+                ino,
+                mode,
+                if matches!(e, Entry::Dir { .. }) { 2 } else { 1 },
+                rdev,
+                path,
+                data,
+            );
         }
         newc_entry(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[]);
-        while out.len() % 512 != 0 {
-            out.push(0);
-        }
+        out.resize(out.len().next_multiple_of(512), 0);
         out
     }
 
     /// Writes the archive to `path`.
     pub fn write(&self, path: &Path) {
-        fs::write(path, self.to_newc()).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        fs::write(path, self.to_newc())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
-fn newc_entry(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, rdev: (u32, u32), name: &str, data: &[u8]) {
+fn newc_entry(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    rdev: (u32, u32),
+    name: &str,
+    data: &[u8],
+) {
     let namesize = name.len() + 1;
     let fields = [
         ino,
@@ -504,7 +696,8 @@ pub fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
 /// Writes `files` (archive name → bytes) as a tar archive padded to a
 /// multiple of 1 MiB, to be attached as a raw disk.
 pub fn tar_disk(path: &Path, files: &[(String, Vec<u8>)]) {
-    let f = fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    let f =
+        fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
     let mut b = tar::Builder::new(f);
     for (name, data) in files {
         let mut h = tar::Header::new_ustar();
@@ -518,7 +711,8 @@ pub fn tar_disk(path: &Path, files: &[(String, Vec<u8>)]) {
     let mut f = b.into_inner().expect("finishing the tar disk");
     let len = f.metadata().expect("stat tar disk").len();
     let padded = len.div_ceil(1 << 20) * (1 << 20);
-    f.set_len(padded.max(1 << 20)).expect("padding the tar disk");
+    f.set_len(padded.max(1 << 20))
+        .expect("padding the tar disk");
     f.flush().ok();
 }
 
@@ -667,20 +861,35 @@ impl Vm {
     /// The qemu command line.
     pub fn command(&self) -> Command {
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-accel", "tcg", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-            .args(["-m", &self.memory_mb.to_string()])
-            .arg("-kernel")
-            .arg(&self.kernel.vmlinuz)
-            .arg("-initrd")
-            .arg(&self.initrd)
-            .arg("-append")
-            .arg(format!("console=ttyS0 loglevel=1 panic=-1 {}", self.append).trim_end());
+        c.args([
+            "-accel",
+            "tcg",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-m", &self.memory_mb.to_string()])
+        .arg("-kernel")
+        .arg(&self.kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&self.initrd)
+        .arg("-append")
+        .arg(format!("console=ttyS0 loglevel=1 panic=-1 {}", self.append).trim_end());
         for d in &self.disks {
-            c.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio,readonly=on", d.display()));
+            c.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                d.display()
+            ));
         }
         if self.network {
-            c.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]);
+            c.args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ]);
         }
         c
     }
@@ -746,7 +955,12 @@ mod tests {
                    kernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko\n\
                    kernel/drivers/md/dm-verity.ko.xz: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko kernel/lib/reed_solomon/reed_solomon.ko\n\
                    kernel/lib/reed_solomon/reed_solomon.ko:\n";
-        let order = resolve_modules(dep, "kernel/fs/overlayfs/overlay.ko\n", &["dm_verity", "overlay", "dm-mod"]).unwrap();
+        let order = resolve_modules(
+            dep,
+            "kernel/fs/overlayfs/overlay.ko\n",
+            &["dm_verity", "overlay", "dm-mod"],
+        )
+        .unwrap();
         assert_eq!(
             order,
             [
@@ -758,6 +972,28 @@ mod tests {
         );
         let e = resolve_modules(dep, "", &["nope"]).unwrap_err();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn soft_dependencies_through_aliases() {
+        let dep = "kernel/lib/libcrc32c.ko:\nkernel/crypto/crc32c_generic.ko:\narch/x86/crypto/crc32c-intel.ko:\nkernel/fs/erofs/erofs.ko: kernel/lib/libcrc32c.ko\n";
+        let soft = "softdep libcrc32c pre: crc32c\n";
+        let alias = "alias crc32c crc32c_intel\nalias crc32c crc32c_generic\n";
+        let idx = ModuleIndex::parse(dep, "", soft, alias).unwrap();
+        let order = idx.resolve(&["erofs"]).unwrap();
+        let got: Vec<(&str, bool)> = order
+            .iter()
+            .map(|l| (l.path.as_str(), l.optional))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("arch/x86/crypto/crc32c-intel.ko", true),
+                ("kernel/crypto/crc32c_generic.ko", true),
+                ("kernel/lib/libcrc32c.ko", false),
+                ("kernel/fs/erofs/erofs.ko", false)
+            ]
+        );
     }
 
     #[test]
@@ -774,7 +1010,8 @@ mod tests {
     fn newc_archive_is_read_by_cpio() {
         crate::require_tool("cpio", "cpio");
         let mut i = Initramfs::new();
-        i.file("etc/hello", 0o644, b"hi\n".to_vec()).symlink("bin/sh", "/bin/busybox");
+        i.file("etc/hello", 0o644, b"hi\n".to_vec())
+            .symlink("bin/sh", "/bin/busybox");
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.cpio");
         i.write(&a);
@@ -783,11 +1020,20 @@ mod tests {
             .stdin(fs::File::open(&a).unwrap())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(listing.contains("etc/hello"), "{listing}");
         assert!(listing.contains("bin/sh -> /bin/busybox"), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with("crw") && l.contains("dev/console")), "{listing}");
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("crw") && l.contains("dev/console")),
+            "{listing}"
+        );
         let x = dir.path().join("x");
         fs::create_dir(&x).unwrap();
         let out = Command::new("cpio")

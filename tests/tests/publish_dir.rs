@@ -13,13 +13,16 @@ use std::path::Path;
 
 use publish_common::*;
 use releases::{
-    publish_dir, BestBefore, ExtensionName, FeedEvent, FeedUrl, ManifestSigner, PublishError, PublishOptions,
-    Retention,
+    publish_dir, BestBefore, ExtensionName, FeedEvent, FeedUrl, ManifestSigner, PublishError,
+    PublishOptions, Retention,
 };
 use sysupdate::{Arch, Date, Manifest, PatternTemplate, Transfer, Version};
 
 fn opts(signer: &dyn ManifestSigner) -> PublishOptions<'_> {
-    PublishOptions::new(FeedUrl::new("https://feed.example.org/ext").unwrap(), signer)
+    PublishOptions::new(
+        FeedUrl::new("https://feed.example.org/ext").unwrap(),
+        signer,
+    )
 }
 
 #[test]
@@ -40,7 +43,10 @@ fn publishing_twice_changes_nothing() {
     let r2 = publish_dir(&feed, &imgs, &opts(&s)).unwrap();
     assert!(r2.is_noop(), "{r2:#?}");
     let after = snapshot(&feed);
-    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
     for (k, (bytes, mtime)) in &before {
         assert_eq!(&after[k].0, bytes, "{k} changed");
         assert_eq!(&after[k].1, mtime, "{k} was rewritten");
@@ -65,10 +71,22 @@ fn publishing_twice_changes_nothing() {
             "k3s.transfer",
         ]
     );
-    assert_eq!(names(&feed), ["catalogue.json", "catalogue.json.gpg", "k3s", "kubernetes", "wasmtime"]);
+    assert_eq!(
+        names(&feed),
+        [
+            "catalogue.json",
+            "catalogue.json.gpg",
+            "k3s",
+            "kubernetes",
+            "wasmtime"
+        ]
+    );
     // Images are read-only on disk.
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(feed.join("wasmtime/wasmtime-25.0.1-arm64.raw")).unwrap().permissions().mode();
+    let mode = fs::metadata(feed.join("wasmtime/wasmtime-25.0.1-arm64.raw"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o444);
 }
 
@@ -77,12 +95,20 @@ fn manifests_verify_with_gpg_and_fail_when_changed_or_with_another_key() {
     let s = signer();
     let work = tempfile::tempdir().unwrap();
     let feed = work.path().join("feed");
-    publish_dir(&feed, &[image(work.path(), "docker", "27.3.1", Arch::X86_64)], &opts(&s)).unwrap();
+    publish_dir(
+        &feed,
+        &[image(work.path(), "docker", "27.3.1", Arch::X86_64)],
+        &opts(&s),
+    )
+    .unwrap();
     let dir = feed.join("docker");
     let sums = fs::read(dir.join("SHA256SUMS")).unwrap();
     let sig = fs::read(dir.join("SHA256SUMS.gpg")).unwrap();
     let keyring = s.public_keyring();
-    assert!(gpg_verify(&keyring, &sums, &sig), "gpg rejects our signature");
+    assert!(
+        gpg_verify(&keyring, &sums, &sig),
+        "gpg rejects our signature"
+    );
     let mut changed = sums.clone();
     changed[0] ^= 1;
     assert!(!gpg_verify(&keyring, &changed, &sig));
@@ -100,7 +126,11 @@ fn manifests_verify_with_gpg_and_fail_when_changed_or_with_another_key() {
         .current_dir(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Checks every extension directory at every visible change.
@@ -146,7 +176,10 @@ fn adding_versions_never_exposes_a_missing_file() {
             })
             .collect();
         publish_dir(&feed, &imgs, &o).unwrap();
-        assert!(matches!(check_dir(&feed.join("kubernetes"), &s), PairState::Good { entries: 4 }));
+        assert!(matches!(
+            check_dir(&feed.join("kubernetes"), &s),
+            PairState::Good { entries: 4 }
+        ));
     }
     let (checks, good) = *seen.borrow();
     // The check ran at every change and saw verifying manifests (so it
@@ -172,7 +205,12 @@ fn the_invariant_check_catches_a_manifest_naming_a_missing_file() {
     let s = signer();
     let work = tempfile::tempdir().unwrap();
     let feed = work.path().join("feed");
-    publish_dir(&feed, &[image(work.path(), "falco", "0.39.1", Arch::X86_64)], &opts(&s)).unwrap();
+    publish_dir(
+        &feed,
+        &[image(work.path(), "falco", "0.39.1", Arch::X86_64)],
+        &opts(&s),
+    )
+    .unwrap();
     let dir = feed.join("falco");
     fs::remove_file(dir.join("falco-0.39.1-x86-64.raw")).unwrap();
     let r = std::panic::catch_unwind(|| check_dir(&dir, &s));
@@ -193,8 +231,15 @@ fn retention_keeps_newest_per_stream_and_what_streams_point_at() {
         keep_per_stream: NonZeroUsize::new(2).unwrap(),
     };
     let mut imgs = Vec::new();
-    for v in ["v1.29.8", "v1.29.9", "v1.29.10", "v1.30.1", "v1.30.2", "v1.30.3"] {
-        imgs.push(image(work.path(), "rke2", &format!("{v}+rke2r1"), Arch::X86_64));
+    for v in [
+        "v1.29.8", "v1.29.9", "v1.29.10", "v1.30.1", "v1.30.2", "v1.30.3",
+    ] {
+        imgs.push(image(
+            work.path(),
+            "rke2",
+            &format!("{v}+rke2r1"),
+            Arch::X86_64,
+        ));
     }
     // arm64 lags: only an old v1.30 build exists.
     imgs.push(image(work.path(), "rke2", "v1.30.1+rke2r1", Arch::Arm64));
@@ -212,7 +257,10 @@ fn retention_keeps_newest_per_stream_and_what_streams_point_at() {
     }
     let report = publish_dir(&feed, &imgs, &o).unwrap();
     let raws = |d: &str| -> Vec<String> {
-        names(&feed.join(d)).into_iter().filter(|n| n.ends_with(".raw")).collect()
+        names(&feed.join(d))
+            .into_iter()
+            .filter(|n| n.ends_with(".raw"))
+            .collect()
     };
     assert_eq!(
         raws("rke2"),
@@ -224,15 +272,24 @@ fn retention_keeps_newest_per_stream_and_what_streams_point_at() {
             "rke2-v1.30.3+rke2r1-x86-64.raw",
         ]
     );
-    // UAPI order: 2.0-rc1 > 1.2 ('-' then "rc1" still sorts after 2.0's end? no:
-    // "2.0-rc1" vs "1.2" compares 2 > 1 first).
-    assert_eq!(raws("wasmtime"), ["wasmtime-1.2-x86-64.raw", "wasmtime-2.0-rc1-x86-64.raw"]);
-    let rke2 = report.extensions.iter().find(|e| e.name.as_ref().unwrap().as_str() == "rke2").unwrap();
+    // UAPI order: 2.0-rc1 is newer than 1.2 (2 > 1 decides).
+    assert_eq!(
+        raws("wasmtime"),
+        ["wasmtime-1.2-x86-64.raw", "wasmtime-2.0-rc1-x86-64.raw"]
+    );
+    let rke2 = report
+        .extensions
+        .iter()
+        .find(|e| e.name.as_ref().unwrap().as_str() == "rke2")
+        .unwrap();
     assert_eq!(rke2.retired.len(), 2, "{rke2:?}");
     // Each stream has its transfer files; minor ones pin the minor line.
     let t = fs::read_to_string(feed.join("rke2/rke2-v1.29.conf")).unwrap();
     assert!(t.contains("MatchPattern=rke2-v1.29.@v-%a.raw"), "{t}");
-    assert_eq!(t, fs::read_to_string(feed.join("rke2/rke2-v1.29.transfer")).unwrap());
+    assert_eq!(
+        t,
+        fs::read_to_string(feed.join("rke2/rke2-v1.29.transfer")).unwrap()
+    );
     assert!(!feed.join("wasmtime/wasmtime-v1.2.conf").exists());
     // The manifests list exactly the images kept.
     for d in ["rke2", "wasmtime"] {
@@ -266,9 +323,15 @@ fn sidecars_are_published_and_listed() {
             "containerd-1.7.23-x86-64.verity"
         ]
     );
-    assert!(matches!(check_dir(&feed.join("containerd"), &s), PairState::Good { entries: 3 }));
+    assert!(matches!(
+        check_dir(&feed.join("containerd"), &s),
+        PairState::Good { entries: 3 }
+    ));
     // A sidecar is never a sysupdate candidate.
-    let pat = PatternTemplate::new("containerd-@v-%a.raw").unwrap().for_arch(Arch::X86_64).unwrap();
+    let pat = PatternTemplate::new("containerd-@v-%a.raw")
+        .unwrap()
+        .for_arch(Arch::X86_64)
+        .unwrap();
     let c = sysupdate::candidates::list(&m, &[pat]).unwrap();
     assert_eq!(c.len(), 1);
 }
@@ -281,16 +344,27 @@ fn best_before_is_written_and_refreshed_only_when_half_the_window_is_gone() {
     let imgs = [image(work.path(), "docker", "27.3.1", Arch::X86_64)];
     let day0 = Date::new(2026, 3, 1).unwrap();
     let mut o = opts(&s);
-    o.best_before = Some(BestBefore { days: 30, today: day0 });
+    o.best_before = Some(BestBefore {
+        days: 30,
+        today: day0,
+    });
     publish_dir(&feed, &imgs, &o).unwrap();
     let read = || Manifest::parse(&fs::read(feed.join("docker/SHA256SUMS")).unwrap()).unwrap();
     assert_eq!(read().best_before(), Date::new(2026, 3, 31));
-    assert!(fs::read_to_string(feed.join("docker/SHA256SUMS")).unwrap().contains("BEST-BEFORE-2026-03-31"));
+    assert!(fs::read_to_string(feed.join("docker/SHA256SUMS"))
+        .unwrap()
+        .contains("BEST-BEFORE-2026-03-31"));
     // Day 10: 21 days left, more than half: nothing changes.
-    o.best_before = Some(BestBefore { days: 30, today: day0.add_days(10).unwrap() });
+    o.best_before = Some(BestBefore {
+        days: 30,
+        today: day0.add_days(10).unwrap(),
+    });
     assert!(publish_dir(&feed, &imgs, &o).unwrap().is_noop());
     // Day 20: 11 days left: re-signed for another 30 days.
-    o.best_before = Some(BestBefore { days: 30, today: day0.add_days(20).unwrap() });
+    o.best_before = Some(BestBefore {
+        days: 30,
+        today: day0.add_days(20).unwrap(),
+    });
     let r = publish_dir(&feed, &imgs, &o).unwrap();
     assert!(r.extensions[0].manifest_written);
     assert_eq!(read().best_before(), Date::new(2026, 4, 20));
@@ -307,7 +381,7 @@ fn refuses_changed_images_symlinks_and_bad_versions() {
     let work = tempfile::tempdir().unwrap();
     let feed = work.path().join("feed");
     let i = image(work.path(), "docker", "27.3.1", Arch::X86_64);
-    publish_dir(&feed, &[i.clone()], &opts(&s)).unwrap();
+    publish_dir(&feed, std::slice::from_ref(&i), &opts(&s)).unwrap();
     let before = snapshot(&feed);
 
     // Same version, other bytes.
@@ -315,7 +389,10 @@ fn refuses_changed_images_symlinks_and_bad_versions() {
     changed.path = fake_image(work.path(), "docker", "27.3.1", Arch::X86_64, "rebuilt");
     let e = publish_dir(&feed, &[changed], &opts(&s)).unwrap_err();
     assert!(matches!(e, PublishError::ImageChanged { .. }), "{e}");
-    assert!(e.to_string().contains("docker-27.3.1-x86-64.raw") && e.to_string().contains("immutable"), "{e}");
+    assert!(
+        e.to_string().contains("docker-27.3.1-x86-64.raw") && e.to_string().contains("immutable"),
+        "{e}"
+    );
     assert_eq!(snapshot(&feed), before);
 
     // Minor-stream extension without a minor line.
@@ -326,7 +403,11 @@ fn refuses_changed_images_symlinks_and_bad_versions() {
     // A symlink named like an image in the feed.
     std::os::unix::fs::symlink("/etc/passwd", feed.join("docker/docker-1.0-x86-64.raw")).unwrap();
     let e = publish_dir(&feed, &[], &opts(&s)).unwrap_err();
-    assert!(e.to_string().contains("docker-1.0-x86-64.raw") && e.to_string().contains("not a regular file"), "{e}");
+    assert!(
+        e.to_string().contains("docker-1.0-x86-64.raw")
+            && e.to_string().contains("not a regular file"),
+        "{e}"
+    );
     fs::remove_file(feed.join("docker/docker-1.0-x86-64.raw")).unwrap();
 
     // A feed file changed behind our back.
@@ -356,7 +437,9 @@ fn a_served_directory_feed_is_listed_correctly_by_the_sysupdate_crate() {
         keep_per_stream: NonZeroUsize::new(3).unwrap(),
     };
     let mut imgs = Vec::new();
-    for v in ["v1.29.9", "v1.29.10", "v1.30.2", "v1.30.10", "v1.31.0", "v1.31.1"] {
+    for v in [
+        "v1.29.9", "v1.29.10", "v1.30.2", "v1.30.10", "v1.31.0", "v1.31.1",
+    ] {
         imgs.push(image(work.path(), "kubernetes", v, Arch::X86_64));
     }
     // arm64 has no v1.31 yet.
@@ -386,25 +469,51 @@ fn a_served_directory_feed_is_listed_correctly_by_the_sysupdate_crate() {
         t.validate().unwrap();
         assert_eq!(t.source.path, base);
         assert_eq!(t.transfer.verify, Some(true));
-        let pats: Vec<_> = t.source.patterns.iter().map(|p| p.for_arch(arch).unwrap()).collect();
+        let pats: Vec<_> = t
+            .source
+            .patterns
+            .iter()
+            .map(|p| p.for_arch(arch).unwrap())
+            .collect();
         let cands = sysupdate::candidates::list(&manifest, &pats).unwrap();
         let newest = sysupdate::candidates::choose(&cands, &Default::default()).unwrap();
         assert_eq!(newest.version.as_str(), want, "{file} on {arch}");
         // Download what was chosen and check its digest like sysupdate does.
-        let bytes = get(&format!("{base}{}", newest.name.as_str().replace('+', "%2B")));
-        assert_eq!(releases::fsutil::FileDigests::of_bytes(&bytes).sha256, newest.digest);
+        let bytes = get(&format!(
+            "{base}{}",
+            newest.name.as_str().replace('+', "%2B")
+        ));
+        assert_eq!(
+            releases::fsutil::FileDigests::of_bytes(&bytes).sha256,
+            newest.digest
+        );
         // A minor stream offers only its own minor line, on every arch.
-        if let Some(minor) = file.strip_prefix("kubernetes-").and_then(|f| f.split_once(".c").map(|x| x.0).or(f.split_once(".t").map(|x| x.0))) {
+        if let Some(minor) = file.strip_prefix("kubernetes-").and_then(|f| {
+            f.split_once(".c")
+                .map(|x| x.0)
+                .or(f.split_once(".t").map(|x| x.0))
+        }) {
             for c in &cands {
-                assert!(c.name.as_str().starts_with(&format!("kubernetes-{minor}.")), "{file}: {}", c.name);
+                assert!(
+                    c.name.as_str().starts_with(&format!("kubernetes-{minor}.")),
+                    "{file}: {}",
+                    c.name
+                );
             }
         }
     }
     // The catalogue agrees.
-    let cat = releases::catalogue::Catalogue::from_json(&get(&format!("{}/catalogue.json", server.url()))).unwrap();
+    let cat = releases::catalogue::Catalogue::from_json(&get(&format!(
+        "{}/catalogue.json",
+        server.url()
+    )))
+    .unwrap();
     let k = &cat.extensions[0];
     let streams: BTreeSet<&str> = k.streams.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(streams, ["default", "v1.29", "v1.30", "v1.31"].into_iter().collect());
+    assert_eq!(
+        streams,
+        ["default", "v1.29", "v1.30", "v1.31"].into_iter().collect()
+    );
     let v130 = k.streams.iter().find(|s| s.id == "v1.30").unwrap();
     assert_eq!(v130.newest[&Arch::Arm64].as_str(), "v1.30.9");
     assert_eq!(k.name, ExtensionName::new("kubernetes").unwrap());

@@ -17,11 +17,15 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha512};
 use sysupdate::Arch;
 
-const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQk3X\n-----END CERTIFICATE-----\n";
+const CERT: &str =
+    "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQk3X\n-----END CERTIFICATE-----\n";
 
 fn feed_with_snippets(work: &Path, s: &dyn ManifestSigner) -> std::path::PathBuf {
     let feed = work.join("feed");
-    let mut o = PublishOptions::new(FeedUrl::new("https://github.com/o/r/releases/download/{name}/").unwrap(), s);
+    let mut o = PublishOptions::new(
+        FeedUrl::new("https://github.com/o/r/releases/download/{name}/").unwrap(),
+        s,
+    );
     o.verity_certificate = Some(CERT.to_string());
     let imgs = vec![
         image(work, "k3s", "v1.30.4+k3s1", Arch::X86_64),
@@ -55,8 +59,16 @@ fn ignition_validate_accepts_every_fragment() {
                 .arg(&ign)
                 .output()
                 .expect("run ignition-validate (Debian package ignition)");
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success() && text.trim().is_empty(), "{}: {text}", ign.display());
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && text.trim().is_empty(),
+                "{}: {text}",
+                ign.display()
+            );
             n += 1;
         }
     }
@@ -65,10 +77,17 @@ fn ignition_validate_accepts_every_fragment() {
 
     // And the validator is a real check: a broken hash is refused.
     let ign = snippet_files(&feed, "wasmtime", ".ign").remove(0);
-    let bad = fs::read_to_string(&ign).unwrap().replace("sha512-", "sha512-00");
+    let bad = fs::read_to_string(&ign)
+        .unwrap()
+        .replace("sha512-", "sha512-00");
     let p = work.path().join("bad.ign");
     fs::write(&p, bad).unwrap();
-    assert!(!Command::new("ignition-validate").arg(&p).output().unwrap().status.success());
+    assert!(!Command::new("ignition-validate")
+        .arg(&p)
+        .output()
+        .unwrap()
+        .status
+        .success());
 }
 
 /// Decodes a `data:` URL (percent-encoded or base64) the way Ignition does.
@@ -76,7 +95,9 @@ fn decode_data_url(u: &str) -> Vec<u8> {
     let rest = u.strip_prefix("data:").expect("a data URL");
     let (meta, payload) = rest.split_once(',').expect("data URL has a comma");
     if meta.ends_with(";base64") {
-        return base64::engine::general_purpose::STANDARD.decode(payload).expect("base64");
+        return base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .expect("base64");
     }
     let b = payload.as_bytes();
     let mut out = Vec::new();
@@ -123,13 +144,13 @@ fn translate(butane: &serde_yaml::Value) -> Value {
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|l| as_json(l))
+        .map(as_json)
         .collect();
     let units: Vec<Value> = butane["systemd"]["units"]
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|u| as_json(u))
+        .map(as_json)
         .collect();
     json!({
         "ignition": { "version": "3.3.0" },
@@ -160,9 +181,15 @@ fn butane_and_ignition_fragments_say_the_same() {
     for ext in ["k3s", "wasmtime"] {
         for bu in snippet_files(&feed, ext, ".bu") {
             let ign_path = bu.with_extension("ign");
-            let butane: serde_yaml::Value = serde_yaml::from_str(&fs::read_to_string(&bu).unwrap()).unwrap();
+            let butane: serde_yaml::Value =
+                serde_yaml::from_str(&fs::read_to_string(&bu).unwrap()).unwrap();
             let ign: Value = serde_json::from_str(&fs::read_to_string(&ign_path).unwrap()).unwrap();
-            assert_eq!(translate(&butane), normalise_ignition(ign.clone()), "{}", bu.display());
+            assert_eq!(
+                translate(&butane),
+                normalise_ignition(ign.clone()),
+                "{}",
+                bu.display()
+            );
             compared += 1;
 
             // Field checks against the feed itself.
@@ -179,27 +206,73 @@ fn butane_and_ignition_fragments_say_the_same() {
             let url = image["contents"]["source"].as_str().unwrap();
             assert_eq!(
                 url,
-                format!("https://github.com/o/r/releases/download/{ext}/{}", file.replace('+', "%2B"))
+                format!(
+                    "https://github.com/o/r/releases/download/{ext}/{}",
+                    file.replace('+', "%2B")
+                )
             );
             assert_eq!(image["mode"], json!(0o444));
             let link = &ign["storage"]["links"][0];
             assert_eq!(link["path"], json!(format!("/etc/extensions/{ext}.raw")));
             assert_eq!(link["target"], json!(path));
-            let by_path = |p: &str| files.iter().find(|f| f["path"] == json!(p)).unwrap_or_else(|| panic!("no {p}"));
-            let stem = bu.file_name().unwrap().to_str().unwrap().rsplit_once('-').unwrap().0.to_string();
+            let by_path = |p: &str| {
+                files
+                    .iter()
+                    .find(|f| f["path"] == json!(p))
+                    .unwrap_or_else(|| panic!("no {p}"))
+            };
+            let stem = bu
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .rsplit_once('-')
+                .unwrap()
+                .0
+                .to_string();
             let stem = stem.strip_suffix("-x86").unwrap_or(&stem).to_string();
-            let conf = decode_data_url(by_path(&format!("/etc/sysupdate.{ext}.d/{stem}.conf"))["contents"]["source"].as_str().unwrap());
-            assert_eq!(conf, fs::read(feed.join(ext).join(format!("{stem}.conf"))).unwrap());
-            let keyring = decode_data_url(by_path("/etc/systemd/import-pubring.gpg")["contents"]["source"].as_str().unwrap());
+            let conf = decode_data_url(
+                by_path(&format!("/etc/sysupdate.{ext}.d/{stem}.conf"))["contents"]["source"]
+                    .as_str()
+                    .unwrap(),
+            );
+            assert_eq!(
+                conf,
+                fs::read(feed.join(ext).join(format!("{stem}.conf"))).unwrap()
+            );
+            let keyring = decode_data_url(
+                by_path("/etc/systemd/import-pubring.gpg")["contents"]["source"]
+                    .as_str()
+                    .unwrap(),
+            );
             assert_eq!(keyring, s.public_keyring());
-            let cert = decode_data_url(by_path(&format!("/etc/verity.d/{ext}.crt"))["contents"]["source"].as_str().unwrap());
+            let cert = decode_data_url(
+                by_path(&format!("/etc/verity.d/{ext}.crt"))["contents"]["source"]
+                    .as_str()
+                    .unwrap(),
+            );
             assert_eq!(cert, CERT.as_bytes());
-            let units: Vec<&str> = ign["systemd"]["units"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
-            assert_eq!(units, ["systemd-sysext.service", &format!("sysext-update-{ext}.service"), &format!("sysext-update-{ext}.timer")]);
+            let units: Vec<&str> = ign["systemd"]["units"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                units,
+                [
+                    "systemd-sysext.service",
+                    &format!("sysext-update-{ext}.service"),
+                    &format!("sysext-update-{ext}.timer")
+                ]
+            );
             let timer = &ign["systemd"]["units"][2];
             assert_eq!(timer["enabled"], json!(true));
             let service = ign["systemd"]["units"][1]["contents"].as_str().unwrap();
-            assert!(service.contains(&format!("systemd-sysupdate --component={ext} update")), "{service}");
+            assert!(
+                service.contains(&format!("systemd-sysupdate --component={ext} update")),
+                "{service}"
+            );
             assert!(service.contains("systemd-sysext refresh"), "{service}");
         }
     }
@@ -213,8 +286,11 @@ fn the_mapping_check_notices_a_difference() {
     let work = tempfile::tempdir().unwrap();
     let feed = feed_with_snippets(work.path(), &s);
     let bu = snippet_files(&feed, "wasmtime", ".bu").remove(0);
-    let text = fs::read_to_string(&bu).unwrap().replace("OnUnitActiveSec=6h", "OnUnitActiveSec=7h");
+    let text = fs::read_to_string(&bu)
+        .unwrap()
+        .replace("OnUnitActiveSec=6h", "OnUnitActiveSec=7h");
     let butane: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    let ign: Value = serde_json::from_str(&fs::read_to_string(bu.with_extension("ign")).unwrap()).unwrap();
+    let ign: Value =
+        serde_json::from_str(&fs::read_to_string(bu.with_extension("ign")).unwrap()).unwrap();
     assert_ne!(translate(&butane), normalise_ignition(ign));
 }

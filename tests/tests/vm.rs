@@ -57,22 +57,49 @@ fn sha256_hex(b: &[u8]) -> String {
 
 /// mksquashfs of an extension tree; data stored uncompressed so that the
 /// bytes of `data.bin` can be found in the image.
-fn squashfs(dir: &Path, version: &str) -> PathBuf {
-    let tree = dir.join(format!("tree-{version}"));
+fn squashfs(dir: &Path, version: &str, os_id: &str) -> PathBuf {
+    let tree = dir.join(format!("tree-{version}-{os_id}"));
     let rel = tree.join("usr/lib/extension-release.d");
     fs::create_dir_all(&rel).unwrap();
-    fs::write(rel.join(format!("extension-release.{EXT}")), "ID=debian\nVERSION_ID=12\nARCHITECTURE=x86-64\n").unwrap();
+    fs::write(
+        rel.join(format!("extension-release.{EXT}")),
+        format!("ID={os_id}\nVERSION_ID=12\nARCHITECTURE=x86-64\n"),
+    )
+    .unwrap();
     let share = tree.join("usr/share").join(EXT);
     fs::create_dir_all(&share).unwrap();
-    fs::write(share.join("hello.txt"), format!("hello from {EXT} {version}\n")).unwrap();
+    fs::write(
+        share.join("hello.txt"),
+        format!("hello from {EXT} {version}\n"),
+    )
+    .unwrap();
     fs::write(share.join("data.bin"), data_bin()).unwrap();
-    let out = dir.join(format!("{EXT}-{version}.squashfs"));
+    let out = dir.join(format!("{EXT}-{version}-{os_id}.squashfs"));
     integration_tests::require_tool("mksquashfs", "squashfs-tools");
+    integration_tests::run_ok(Command::new("mksquashfs").arg(&tree).arg(&out).args([
+        "-noappend",
+        "-all-root",
+        "-noD",
+        "-no-fragments",
+        "-no-xattrs",
+        "-quiet",
+    ]));
+    out
+}
+
+/// mkfs.erofs of the tree [`squashfs`] made for `version`/`os_id`
+/// (uncompressed).
+fn erofs(dir: &Path, version: &str, os_id: &str) -> PathBuf {
+    let tree = dir.join(format!("tree-{version}-{os_id}"));
+    assert!(tree.is_dir(), "build the squashfs first");
+    let out = dir.join(format!("{EXT}-{version}-{os_id}.erofs"));
+    integration_tests::require_tool("mkfs.erofs", "erofs-utils");
     integration_tests::run_ok(
-        Command::new("mksquashfs")
-            .arg(&tree)
+        Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg("--all-root")
             .arg(&out)
-            .args(["-noappend", "-all-root", "-noD", "-no-fragments", "-no-xattrs", "-quiet"]),
+            .arg(&tree),
     );
     out
 }
@@ -114,7 +141,11 @@ fn tamper(image: &[u8]) -> Vec<u8> {
         .position(|w| w == needle.as_bytes())
         .expect("data.bin's content is stored uncompressed in the image");
     assert!(
-        image.windows(needle.len()).filter(|w| *w == needle.as_bytes()).count() == 1,
+        image
+            .windows(needle.len())
+            .filter(|w| *w == needle.as_bytes())
+            .count()
+            == 1,
         "marker must be unique"
     );
     let mut t = image.to_vec();
@@ -165,6 +196,7 @@ run_blob act-dmsetup dmsetup table
 run_blob act-sysfs sh -c 'for d in /sys/block/dm-*; do echo "$d name=$(cat $d/dm/name) uuid=$(cat $d/dm/uuid) ro=$(cat $d/ro) slaves=$(ls $d/slaves | tr "\n" " ")"; done'
 run_blob act-status sysext --root=/sc/act --json=pretty status
 run_blob act-keys cat /proc/keys
+run_blob act-dmesg dmesg
 run_blob act-unmerge sysext --root=/sc/act unmerge
 check act-unmerged sh -c '! test -e /sc/act/usr/share/{EXT}'
 check act-clean wait_clean
@@ -183,6 +215,16 @@ run_blob side-status sysext --root=/sc/side --json=pretty status
 run_blob side-unmerge sysext --root=/sc/side unmerge
 check side-clean wait_clean
 
+# --- erofs in a DDI ---------------------------------------------------------
+mkroot ero
+cp /sc/images/erofs.raw /sc/ero/var/lib/extensions/{EXT}.raw
+run_blob ero-merge sysext --root=/sc/ero --json=pretty merge
+check ero-content sh -c 'sha256sum /sc/ero/usr/share/{EXT}/data.bin | grep -q ^{data_sha}'
+check ero-dm-verity sh -c 'dmsetup table | grep -q " verity 1 "'
+check ero-fstype sh -c 'grep " /run/sysext-forge/\| /sc/ero" /proc/self/mountinfo; dmesg | grep -qi "erofs"'
+run_blob ero-unmerge sysext --root=/sc/ero unmerge
+check ero-clean wait_clean
+
 # --- tamper: one flipped byte inside data.bin -----------------------------
 mkroot tam
 cp /sc/images/tampered.raw /sc/tam/var/lib/extensions/{EXT}.raw
@@ -191,11 +233,15 @@ run_blob tam-merge sysext --root=/sc/tam --json=pretty merge
 check tam-merged test -f /sc/tam/usr/lib/extension-release.d/extension-release.{EXT}
 check tam-other-file-ok grep -q "hello from" /sc/tam/usr/share/{EXT}/hello.txt
 check_fails tam-read cat /sc/tam/usr/share/{EXT}/data.bin
-check tam-eio sh -c 'cat /sc/tam/usr/share/{EXT}/data.bin 2>&1 >/dev/null | grep -q "I/O error"'
+check tam-eio sh -c 'cat /sc/tam/usr/share/{EXT}/data.bin 2>&1 >/dev/null | grep -q "Input/output error"'
 check tam-kernel-caught sh -c 'dmesg | grep -q "verity.*data block [0-9]* is corrupted"'
 run_blob tam-dmesg dmesg
 run_blob tam-unmerge sysext --root=/sc/tam unmerge
 check tam-clean wait_clean
+# the same image with the user-space backend: refused before mounting
+run_blob tam-us-merge sysext --root=/sc/tam --verity=user-space --json=pretty merge
+check tam-us-not-merged sh -c '! test -e /sc/tam/usr/share/{EXT}'
+check tam-us-clean wait_clean
 
 # --- untrusted signer ------------------------------------------------------
 mkroot unt
@@ -206,8 +252,32 @@ check unt-no-dm sh -c '! ls -d /sys/block/dm-* 2>/dev/null'
 check unt-no-mount sh -c '! grep -q " /sc/unt" /proc/self/mountinfo'
 check unt-clean wait_clean
 
+# --- refused after mounting (extension-release for another OS) -----------
+mkroot mis
+cp /sc/images/mismatch.raw /sc/mis/var/lib/extensions/{EXT}.raw
+run_blob mis-merge sysext --root=/sc/mis --json=pretty merge
+check mis-not-merged sh -c '! test -e /sc/mis/usr/share/{EXT}'
+check mis-no-mount sh -c '! grep -q " /sc/mis" /proc/self/mountinfo'
+check mis-clean wait_clean
+
+# --- refresh v1 -> v2 through kernel dm-verity ----------------------------
+mkroot ref
+cp /sc/images/good.raw /sc/ref/var/lib/extensions/{EXT}.raw
+run_blob ref-merge sysext --root=/sc/ref --json=pretty merge
+check ref-v1 grep -q "hello from {EXT} 1" /sc/ref/usr/share/{EXT}/hello.txt
+cp /sc/images/v2.raw /sc/ref/var/lib/extensions/.{EXT}.raw.new
+mv /sc/ref/var/lib/extensions/.{EXT}.raw.new /sc/ref/var/lib/extensions/{EXT}.raw
+run_blob ref-refresh sysext --root=/sc/ref --json=pretty refresh
+check ref-v2 grep -q "hello from {EXT} 2" /sc/ref/usr/share/{EXT}/hello.txt
+check ref-v2-data sh -c 'sha256sum /sc/ref/usr/share/{EXT}/data.bin | grep -q ^{data_sha}'
+run_blob ref-dmsetup dmsetup table
+run_blob ref-status sysext --root=/sc/ref --json=pretty status
+run_blob ref-unmerge sysext --root=/sc/ref unmerge
+check ref-clean wait_clean
+
 # --- network: the host's loopback server through qemu user networking -----
-check net-fetch wget -q -T 20 -O /tmp/probe {probe_url}
+# (busybox-static's wget crashes with -q or -T here; plain works)
+check net-fetch timeout 60 wget -O /tmp/probe {probe_url}
 check net-content sh -c 'sha256sum /tmp/probe | grep -q ^{probe_sha}'
 
 # --- update cycle: needs `sysext update` -----------------------------------
@@ -229,14 +299,24 @@ struct Suite {
 fn build_and_boot() -> Suite {
     let t0 = Instant::now();
     let kernel = Kernel::find();
-    let dir = tempfile::Builder::new().prefix("vm-suite").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("vm-suite")
+        .tempdir()
+        .unwrap();
     let d = dir.path();
 
     // Images.
     let (trusted, trusted_crt) = key(d, "trusted");
     let (untrusted, _) = key(d, "untrusted");
-    let fs1 = squashfs(d, "1");
+    let fs1 = squashfs(d, "1", "debian");
     let good = ddi(&fs1, &d.join("good.raw"), &trusted);
+    let v2 = ddi(&squashfs(d, "2", "debian"), &d.join("v2.raw"), &trusted);
+    let ero = ddi(&erofs(d, "1", "debian"), &d.join("erofs.raw"), &trusted);
+    let mismatch = ddi(
+        &squashfs(d, "1", "fedora"),
+        &d.join("mismatch.raw"),
+        &trusted,
+    );
     let bad_signer = ddi(&fs1, &d.join("untrusted.raw"), &untrusted);
     let tampered = tamper(&good);
     let side = d.join("side.raw");
@@ -247,6 +327,9 @@ fn build_and_boot() -> Suite {
         ("good.raw".to_string(), good),
         ("tampered.raw".to_string(), tampered),
         ("untrusted.raw".to_string(), bad_signer),
+        ("v2.raw".to_string(), v2),
+        ("mismatch.raw".to_string(), mismatch),
+        ("erofs.raw".to_string(), ero),
         ("side.raw".to_string(), file("side.raw")),
         ("side.verity".to_string(), file("side.verity")),
         ("side.roothash".to_string(), file("side.roothash")),
@@ -258,7 +341,9 @@ fn build_and_boot() -> Suite {
 
     // Loopback server for the network check.
     let server = Upstream::start();
-    let probe: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let probe: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     server.insert("/probe.bin", probe.clone());
     let guest_url = format!("http://10.0.2.2:{}/probe.bin", server.addr().port());
 
@@ -274,7 +359,10 @@ fn build_and_boot() -> Suite {
         .add_modules(&kernel, MODULES)
         .add_program("usr/bin/sysext", &sysext, true)
         .add_program("usr/sbin/dmsetup", dmsetup, false)
-        .set_init(true, &scenario(&guest_url, &sha256_hex(&probe), &sha256_hex(&data_bin())));
+        .set_init(
+            true,
+            &scenario(&guest_url, &sha256_hex(&probe), &sha256_hex(&data_bin())),
+        );
     let initrd = d.join("initrd.cpio");
     init.write(&initrd);
 
@@ -282,6 +370,9 @@ fn build_and_boot() -> Suite {
     vm.disks.push(disk);
     vm.network = true;
     let run = vm.run();
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-console.log");
+    let _ = fs::write(&log, &run.console);
+    eprintln!("VM console log: {}", log.display());
     let boot_secs = run.elapsed.as_secs_f64();
     drop(server);
     let total_secs = t0.elapsed().as_secs_f64();
@@ -327,17 +418,17 @@ fn json(run: &VmRun, blob: &str) -> serde_json::Value {
     })
 }
 
-/// The per-image entries of a merge or status report.
+/// The per-image entries of a merge report (`{"images": [...]}`) or a
+/// status report (an array of hierarchies, each with `images`).
 fn images(v: &serde_json::Value) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     if let Some(a) = v["images"].as_array() {
         out.extend(a.iter().cloned());
     }
-    if let Some(hs) = v["hierarchies"].as_array() {
-        for h in hs {
-            if let Some(a) = h["images"].as_array() {
-                out.extend(a.iter().cloned());
-            }
+    let hierarchies = v.as_array().or_else(|| v["hierarchies"].as_array());
+    for h in hierarchies.into_iter().flatten() {
+        if let Some(a) = h["images"].as_array() {
+            out.extend(a.iter().cloned());
         }
     }
     out
@@ -358,13 +449,23 @@ fn vm_boots_debian_kernel_with_device_mapper() {
     for c in ["disk", "dm-control", "verity-target"] {
         r.assert_pass(c);
     }
-    eprintln!("VM wall time: {:.1} s in qemu, {:.1} s with setup", s.boot_secs, s.total_secs);
+    eprintln!(
+        "VM wall time: {:.1} s in qemu, {:.1} s with setup",
+        s.boot_secs, s.total_secs
+    );
 }
 
 #[test]
 fn signed_ddi_activated_through_kernel_dm_verity_and_merged() {
     let r = &suite().run;
-    for c in ["act-file", "act-content", "act-host-file", "act-dm-verity", "act-unmerged", "act-clean"] {
+    for c in [
+        "act-file",
+        "act-content",
+        "act-host-file",
+        "act-dm-verity",
+        "act-unmerged",
+        "act-clean",
+    ] {
         r.assert_pass(c);
     }
     // dmsetup (the real tool) shows our verity target, read-only, sha256.
@@ -373,7 +474,10 @@ fn signed_ddi_activated_through_kernel_dm_verity_and_merged() {
         .lines()
         .find(|l| l.contains(" verity 1 "))
         .unwrap_or_else(|| panic!("no verity target in dmsetup table:\n{table}"));
-    assert!(line.contains(" 4096 4096 ") && line.contains(" sha256 "), "{line}");
+    assert!(
+        line.contains(" 4096 4096 ") && line.contains(" sha256 "),
+        "{line}"
+    );
     let sysfs = r.blob_text("act-sysfs");
     assert!(sysfs.contains("ro=1") && sysfs.contains("loop"), "{sysfs}");
     // The runtime says how it verified: kernel verity; the kernel refused
@@ -384,18 +488,30 @@ fn signed_ddi_activated_through_kernel_dm_verity_and_merged() {
         .iter()
         .find(|i| i["name"] == EXT)
         .unwrap_or_else(|| panic!("no {EXT} in status: {status:#}"));
-    assert_eq!(img["verification"], "kernel-verity+userspace-signature", "{status:#}");
-    assert_eq!(status["kernel_dm_verity"], true, "{status:#}");
+    assert_eq!(
+        img["verification"], "kernel-verity+userspace-signature",
+        "{status:#}"
+    );
     let merge = json(r, "act-merge");
     assert!(
-        images(&merge).iter().any(|i| i["name"] == EXT && i["status"] == "merged"),
+        images(&merge)
+            .iter()
+            .any(|i| i["name"] == EXT && i["status"] == "merged"),
         "{merge:#}"
     );
     // The signature was handed to the kernel (root_hash_sig_key_desc) and
     // the kernel checked it against its keyring before we fell back.
+    let dmesg = r.blob_text("act-dmesg");
+    assert!(
+        dmesg.contains("verity: Root hash verification failed"),
+        "the kernel should have been asked to check the signature:\n{dmesg}"
+    );
     let keys = r.blob_text("act-keys");
     assert!(keys.contains(".secondary_trusted_keys"), "{keys}");
-    assert!(!keys.contains("sysext-forge:"), "the signature key must be gone after activation:\n{keys}");
+    assert!(
+        !keys.contains("sysext-forge:"),
+        "the signature key must be gone after activation:\n{keys}"
+    );
 }
 
 #[test]
@@ -419,19 +535,40 @@ fn tampered_data_byte_fails_reading_with_eio_from_dm_verity() {
     // No user-space scan before mounting in kernel mode: the image merges…
     let merge = json(r, "tam-merge");
     assert!(
-        images(&merge)
-            .iter()
-            .any(|i| i["name"] == EXT && i["status"] == "merged" && i["verification"] == "kernel-verity+userspace-signature"),
+        images(&merge).iter().any(|i| i["name"] == EXT
+            && i["status"] == "merged"
+            && i["verification"] == "kernel-verity+userspace-signature"),
         "{merge:#}"
     );
     // …other files read fine, the tampered file gives EIO, and the kernel
     // log says dm-verity found the corrupted block.
-    for c in ["tam-merged", "tam-other-file-ok", "tam-read", "tam-eio", "tam-kernel-caught", "tam-clean"] {
+    for c in [
+        "tam-merged",
+        "tam-other-file-ok",
+        "tam-read",
+        "tam-eio",
+        "tam-kernel-caught",
+        "tam-clean",
+    ] {
         r.assert_pass(c);
     }
+    // Contrast: the user-space backend hashes everything before mounting
+    // and refuses the same image, so in kernel mode it was the kernel.
+    for c in ["tam-us-not-merged", "tam-us-clean"] {
+        r.assert_pass(c);
+    }
+    let us = json(r, "tam-us-merge");
+    assert!(
+        images(&us)
+            .iter()
+            .any(|i| i["name"] == EXT && i["status"] == "refused" && i["stage"] == "verity"),
+        "{us:#}"
+    );
     let dmesg = r.blob_text("tam-dmesg");
     assert!(
-        dmesg.lines().any(|l| l.contains("verity") && l.contains("is corrupted")),
+        dmesg
+            .lines()
+            .any(|l| l.contains("verity") && l.contains("is corrupted")),
         "{dmesg}"
     );
 }
@@ -458,4 +595,60 @@ fn guest_reaches_host_loopback_server() {
     r.assert_pass("net-fetch");
     r.assert_pass("net-content");
     r.assert_pass("update-pending");
+}
+
+#[test]
+fn image_refused_after_activation_leaves_no_device_behind() {
+    let r = &suite().run;
+    for c in ["mis-not-merged", "mis-no-mount", "mis-clean"] {
+        r.assert_pass(c);
+    }
+    let merge = json(r, "mis-merge");
+    assert!(
+        images(&merge)
+            .iter()
+            .any(|i| i["name"] == EXT && i["status"] == "refused" && i["stage"] == "compatibility"),
+        "{merge:#}"
+    );
+}
+
+#[test]
+fn refresh_from_v1_to_v2_through_kernel_dm_verity() {
+    let r = &suite().run;
+    for c in ["ref-v1", "ref-v2", "ref-v2-data", "ref-clean"] {
+        r.assert_pass(c);
+    }
+    let status = json(r, "ref-status");
+    let imgs = images(&status);
+    assert!(
+        imgs.iter()
+            .any(|i| i["name"] == EXT && i["verification"] == "kernel-verity+userspace-signature"),
+        "{status:#}"
+    );
+    // The live table is v2's root hash.
+    let v2_root = imgs
+        .iter()
+        .find_map(|i| i["root_hash"].as_str())
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .to_string();
+    let table = r.blob_text("ref-dmsetup");
+    assert!(
+        table.contains(&v2_root),
+        "v2 root hash {v2_root} not in:\n{table}"
+    );
+}
+
+#[test]
+fn erofs_ddi_activated_through_kernel_dm_verity() {
+    let r = &suite().run;
+    for c in ["ero-content", "ero-dm-verity", "ero-fstype", "ero-clean"] {
+        r.assert_pass(c);
+    }
+    let merge = json(r, "ero-merge");
+    assert!(
+        images(&merge).iter().any(|i| i["name"] == EXT
+            && i["status"] == "merged"
+            && i["verification"] == "kernel-verity+userspace-signature"),
+        "{merge:#}"
+    );
 }

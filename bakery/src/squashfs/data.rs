@@ -277,6 +277,9 @@ pub(crate) fn plan(
     Ok(plan)
 }
 
+/// A file index and its content digest (or why it could not be read).
+type HashResult = (usize, Result<[u8; 32], SquashfsError>);
+
 /// Maps every file to the first file with the same content. Only files
 /// whose size occurs more than once are hashed (SHA-256, in parallel).
 fn find_duplicates(files: &[SourceFile<'_>], threads: usize) -> Result<Vec<usize>, SquashfsError> {
@@ -290,7 +293,7 @@ fn find_duplicates(files: &[SourceFile<'_>], threads: usize) -> Result<Vec<usize
     let mut digests: Vec<Option<[u8; 32]>> = vec![None; files.len()];
     if !candidates.is_empty() {
         let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<(usize, Result<[u8; 32], SquashfsError>)>> = Mutex::new(Vec::new());
+        let results: Mutex<Vec<HashResult>> = Mutex::new(Vec::new());
         std::thread::scope(|s| -> Result<(), SquashfsError> {
             for _ in 0..threads.min(candidates.len()) {
                 std::thread::Builder::new()
@@ -438,7 +441,7 @@ pub(crate) fn write_data(
                     )
                 });
             if let Err(e) = spawned {
-                lock(&window).abort = true;
+                lock(window).abort = true;
                 wake.notify_all();
                 return Err(SquashfsError::Threads(e));
             }

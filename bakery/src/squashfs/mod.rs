@@ -227,6 +227,12 @@ pub(crate) struct Resolved {
 }
 
 impl SquashfsOptions {
+    /// Checks block size and level without writing anything, so a caller
+    /// can reject bad options before doing other work.
+    pub fn validate(&self) -> Result<(), SquashfsError> {
+        self.resolve().map(|_| ())
+    }
+
     pub(crate) fn resolve(&self) -> Result<Resolved, SquashfsError> {
         let bs = self.block_size;
         if !(4096..=1 << 20).contains(&bs) || !bs.is_power_of_two() {

@@ -68,7 +68,8 @@ impl std::str::FromStr for RepoSlug {
             !p.is_empty()
                 && p != "."
                 && p != ".."
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         match s.split_once('/') {
             Some((o, r)) if ok(o) && ok(r) => Ok(RepoSlug {
@@ -178,7 +179,11 @@ impl Asset {
 
     /// The SHA-256 GitHub reports, if it does.
     pub fn sha256(&self) -> Option<sysupdate::Sha256Digest> {
-        self.digest.as_deref()?.strip_prefix("sha256:")?.parse().ok()
+        self.digest
+            .as_deref()?
+            .strip_prefix("sha256:")?
+            .parse()
+            .ok()
     }
 }
 
@@ -202,7 +207,11 @@ pub enum GithubError {
         source: reqwest::Error,
     },
     #[error("{url}: rate limited for {wait:?}, longer than the allowed {max:?}; try again later or raise the limit")]
-    RateLimited { url: String, wait: Duration, max: Duration },
+    RateLimited {
+        url: String,
+        wait: Duration,
+        max: Duration,
+    },
     #[error("{url}: unexpected response: {message}")]
     BadResponse { url: String, message: String },
     #[error("GitHub stored the asset {requested:?} as {got:?}; asset names must use only letters, digits, '.', '_', '-' and '+'")]
@@ -285,12 +294,12 @@ impl Client {
         &self.cfg
     }
 
-    fn request(&self, method: Method, url: &str) -> RequestBuilder {
+    fn request(&self, method: Method, url: &str, accept: &str) -> RequestBuilder {
         let mut rb = self
             .http
             .request(method, url)
             .header(USER_AGENT, &self.cfg.user_agent)
-            .header(ACCEPT, "application/vnd.github+json")
+            .header(ACCEPT, accept)
             .header("X-GitHub-Api-Version", "2022-11-28");
         if let Some(t) = &self.cfg.token {
             rb = rb.header(AUTHORIZATION, format!("Bearer {}", t.0));
@@ -313,12 +322,23 @@ impl Client {
         retry: Retry,
         build: &dyn Fn(RequestBuilder) -> Result<RequestBuilder, GithubError>,
     ) -> Result<Response, GithubError> {
+        self.execute_accept(method, url, "application/vnd.github+json", retry, build)
+    }
+
+    fn execute_accept(
+        &self,
+        method: Method,
+        url: &str,
+        accept: &str,
+        retry: Retry,
+        build: &dyn Fn(RequestBuilder) -> Result<RequestBuilder, GithubError>,
+    ) -> Result<Response, GithubError> {
         let max = self.cfg.retry.max_attempts.max(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let last = attempt >= max;
-            let rb = build(self.request(method.clone(), url))?;
+            let rb = build(self.request(method.clone(), url, accept))?;
             let resp = match rb.send() {
                 Ok(r) => r,
                 Err(source) => {
@@ -373,7 +393,11 @@ impl Client {
     }
 
     /// The release with tag `tag`, if any (drafts are not found by tag).
-    pub fn release_by_tag(&self, repo: &RepoSlug, tag: &str) -> Result<Option<Release>, GithubError> {
+    pub fn release_by_tag(
+        &self,
+        repo: &RepoSlug,
+        tag: &str,
+    ) -> Result<Option<Release>, GithubError> {
         let url = self.repo_url(repo, &format!("/releases/tags/{}", encode_component(tag)));
         match self.execute(Method::GET, &url, Retry::Idempotent, &Ok) {
             Ok(r) => Ok(Some(Self::json(&url, r)?)),
@@ -383,7 +407,13 @@ impl Client {
     }
 
     /// Creates a published (non-draft) release for `tag`, not marked latest.
-    pub fn create_release(&self, repo: &RepoSlug, tag: &str, title: &str, body: &str) -> Result<Release, GithubError> {
+    pub fn create_release(
+        &self,
+        repo: &RepoSlug,
+        tag: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<Release, GithubError> {
         let url = self.repo_url(repo, "/releases");
         let payload = json!({
             "tag_name": tag,
@@ -395,14 +425,22 @@ impl Client {
         })
         .to_string();
         let resp = self.execute(Method::POST, &url, Retry::RateLimitOnly, &|rb| {
-            Ok(rb.header(CONTENT_TYPE, "application/json").body(payload.clone()))
+            Ok(rb
+                .header(CONTENT_TYPE, "application/json")
+                .body(payload.clone()))
         })?;
         Self::json(&url, resp)
     }
 
     /// The release for `tag`, created if missing; safe against a create
     /// that timed out but happened, and against a concurrent creator.
-    pub fn get_or_create_release(&self, repo: &RepoSlug, tag: &str, title: &str, body: &str) -> Result<Release, GithubError> {
+    pub fn get_or_create_release(
+        &self,
+        repo: &RepoSlug,
+        tag: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<Release, GithubError> {
         let max = self.cfg.retry.max_attempts.max(1);
         let mut attempt = 0;
         loop {
@@ -450,7 +488,12 @@ impl Client {
     /// own (or `uploads.github.com` for `api.github.com`): the token goes
     /// there.
     fn upload_endpoint(&self, release: &Release) -> Result<String, GithubError> {
-        let base = release.upload_url.split('{').next().unwrap_or_default().to_string();
+        let base = release
+            .upload_url
+            .split('{')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let allowed = same_origin(&base, &self.api)
             || (origin(&self.api) == Some("https://api.github.com")
                 && origin(&base) == Some("https://uploads.github.com"));
@@ -466,7 +509,12 @@ impl Client {
     /// Uploads `path` as asset `name`. Not retried after a server error or
     /// a dropped connection (the asset may exist, complete or broken): the
     /// caller reconciles by listing assets.
-    pub fn upload_asset(&self, release: &Release, name: &str, path: &Path) -> Result<Asset, GithubError> {
+    pub fn upload_asset(
+        &self,
+        release: &Release,
+        name: &str,
+        path: &Path,
+    ) -> Result<Asset, GithubError> {
         let base = self.upload_endpoint(release)?;
         let url = format!("{base}?name={}", encode_component(name));
         let size = std::fs::metadata(path)
@@ -506,11 +554,18 @@ impl Client {
     }
 
     /// Renames an asset (PATCH `name`).
-    pub fn rename_asset(&self, repo: &RepoSlug, asset_id: u64, name: &str) -> Result<Asset, GithubError> {
+    pub fn rename_asset(
+        &self,
+        repo: &RepoSlug,
+        asset_id: u64,
+        name: &str,
+    ) -> Result<Asset, GithubError> {
         let url = self.repo_url(repo, &format!("/releases/assets/{asset_id}"));
         let payload = json!({ "name": name }).to_string();
         let resp = self.execute(Method::PATCH, &url, Retry::Idempotent, &|rb| {
-            Ok(rb.header(CONTENT_TYPE, "application/json").body(payload.clone()))
+            Ok(rb
+                .header(CONTENT_TYPE, "application/json")
+                .body(payload.clone()))
         })?;
         let asset: Asset = Self::json(&url, resp)?;
         if asset.name != name {
@@ -525,11 +580,20 @@ impl Client {
     /// Downloads an asset's bytes through the API (works for private
     /// repositories; the redirect to storage drops the token), at most
     /// `limit` bytes.
-    pub fn download_asset(&self, repo: &RepoSlug, asset_id: u64, limit: u64) -> Result<Vec<u8>, GithubError> {
+    pub fn download_asset(
+        &self,
+        repo: &RepoSlug,
+        asset_id: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, GithubError> {
         let url = self.repo_url(repo, &format!("/releases/assets/{asset_id}"));
-        let resp = self.execute(Method::GET, &url, Retry::Idempotent, &|rb| {
-            Ok(rb.header(ACCEPT, "application/octet-stream"))
-        })?;
+        let resp = self.execute_accept(
+            Method::GET,
+            &url,
+            "application/octet-stream",
+            Retry::Idempotent,
+            &Ok,
+        )?;
         let mut out = Vec::new();
         resp.take(limit.saturating_add(1))
             .read_to_end(&mut out)
@@ -557,7 +621,10 @@ fn rate_limit_wait(status: StatusCode, h: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(s));
     }
     if num("x-ratelimit-remaining") == Some(0) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let reset = num("x-ratelimit-reset").unwrap_or(now + 60);
         return Some(Duration::from_secs(reset.saturating_sub(now) + 1));
     }
@@ -603,7 +670,12 @@ fn next_link(h: &HeaderMap) -> Option<String> {
         params
             .split(';')
             .any(|p| p.trim() == "rel=\"next\"")
-            .then(|| u.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+            .then(|| {
+                u.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
     })
 }
 
@@ -646,8 +718,14 @@ mod tests {
                 "<https://api.github.com/x?page=2>; rel=\"next\", <https://api.github.com/x?page=5>; rel=\"last\"",
             ),
         );
-        assert_eq!(next_link(&h).as_deref(), Some("https://api.github.com/x?page=2"));
-        h.insert("link", HeaderValue::from_static("<https://api.github.com/x?page=1>; rel=\"prev\""));
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
+        h.insert(
+            "link",
+            HeaderValue::from_static("<https://api.github.com/x?page=1>; rel=\"prev\""),
+        );
         assert_eq!(next_link(&h), None);
     }
 
@@ -656,24 +734,36 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &h), None);
         h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &h), Some(Duration::from_secs(7)));
+        assert_eq!(
+            rate_limit_wait(StatusCode::FORBIDDEN, &h),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(rate_limit_wait(StatusCode::NOT_FOUND, &h), None);
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
         h.insert("x-ratelimit-reset", HeaderValue::from_static("0"));
-        assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &h), Some(Duration::from_secs(1)));
+        assert_eq!(
+            rate_limit_wait(StatusCode::FORBIDDEN, &h),
+            Some(Duration::from_secs(1))
+        );
     }
 
     #[test]
     fn origins_and_slugs() {
-        assert_eq!(origin("https://uploads.github.com/repos/a"), Some("https://uploads.github.com"));
+        assert_eq!(
+            origin("https://uploads.github.com/repos/a"),
+            Some("https://uploads.github.com")
+        );
         assert!(same_origin("http://127.0.0.1:5/a", "http://127.0.0.1:5"));
         assert!(!same_origin("http://127.0.0.1:6/a", "http://127.0.0.1:5"));
         assert!("o/r".parse::<RepoSlug>().is_ok());
         for bad in ["o", "o/", "/r", "o/r/x", "o/..", "o r/x"] {
             assert!(bad.parse::<RepoSlug>().is_err(), "{bad}");
         }
-        assert_eq!(format!("{:?}", Token::new("ghp_secret")), "Token(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Token::new("ghp_secret")),
+            "Token(<redacted>)"
+        );
         assert_eq!(encode_component("a+b c"), "a%2Bb%20c");
     }
 }

@@ -11,11 +11,13 @@
 //! 2. upload images and sidecars that are missing (present ones must have
 //!    the same SHA-256: published versions are immutable);
 //! 3. replace changed transfer files and snippets;
-//! 4. replace `SHA256SUMS.gpg`, then `SHA256SUMS`, each by uploading under
-//!    a temporary name, deleting the old asset and renaming the new one
-//!    (GitHub cannot replace an asset atomically). In the short windows in
-//!    between, the pair is missing or mismatched, which a client detects
-//!    (404 or bad signature) and treats as "no update now";
+//! 4. replace the manifest pair: upload the new `SHA256SUMS.gpg` and
+//!    `SHA256SUMS` under temporary names, then delete the old signature,
+//!    rename the new one, delete the old manifest, rename the new one
+//!    (GitHub cannot replace an asset atomically). In the three states
+//!    between those four quick calls the pair is missing or mismatched,
+//!    which a client detects (404 or bad signature) and treats as "no
+//!    update now"; no upload happens inside that window;
 //! 5. delete assets the feed no longer has (retired images).
 //!
 //! Every step checks what is already there first, so a re-run after a
@@ -28,7 +30,9 @@ use std::path::{Path, PathBuf};
 
 use sysupdate::Sha256Digest;
 
-use super::client::{Asset, Client, GithubError, Release, RepoSlug, MAX_ASSETS_PER_RELEASE, MAX_ASSET_SIZE};
+use super::client::{
+    Asset, Client, GithubError, Release, RepoSlug, MAX_ASSETS_PER_RELEASE, MAX_ASSET_SIZE,
+};
 use crate::catalogue::{CATALOGUE_FILE, CATALOGUE_SIG_FILE};
 use crate::dir::{MANIFEST_FILE, MANIFEST_SIG_FILE};
 use crate::fsutil::{self, io_err};
@@ -50,6 +54,11 @@ pub struct GithubTarget {
     pub catalogue_tag: String,
     /// Web base for download URLs (`https://github.com`, or a test server).
     pub web_url: String,
+    /// Also keep one release per published version, tag
+    /// `{tag_prefix}NAME-VERSION`, holding that version's images and
+    /// sidecars for every architecture. Never changed or pruned once
+    /// uploaded: provenance outlives the rolling feed's retention.
+    pub provenance: bool,
 }
 
 impl GithubTarget {
@@ -59,6 +68,7 @@ impl GithubTarget {
             tag_prefix: String::new(),
             catalogue_tag: "catalogue".to_string(),
             web_url: "https://github.com".to_string(),
+            provenance: false,
         }
     }
 
@@ -92,7 +102,10 @@ pub struct ReleaseReport {
 
 impl ReleaseReport {
     pub fn is_noop(&self) -> bool {
-        self.uploaded.is_empty() && self.replaced.is_empty() && self.deleted.is_empty() && self.cleaned.is_empty()
+        self.uploaded.is_empty()
+            && self.replaced.is_empty()
+            && self.deleted.is_empty()
+            && self.cleaned.is_empty()
     }
 }
 
@@ -126,12 +139,20 @@ struct LocalFile {
 }
 
 /// Mirrors every extension of `feed_dir` and its catalogue to GitHub.
-pub fn publish_github(client: &Client, feed_dir: &Path, target: &GithubTarget) -> Result<GithubReport, GithubError> {
+pub fn publish_github(
+    client: &Client,
+    feed_dir: &Path,
+    target: &GithubTarget,
+) -> Result<GithubReport, GithubError> {
     let mut report = GithubReport::default();
     let mut names = Vec::new();
     for ent in fs::read_dir(feed_dir).map_err(io_err("listing", feed_dir))? {
         let ent = ent.map_err(io_err("listing", feed_dir))?;
-        let Some(name) = ent.file_name().to_str().and_then(|n| ExtensionName::new(n).ok()) else {
+        let Some(name) = ent
+            .file_name()
+            .to_str()
+            .and_then(|n| ExtensionName::new(n).ok())
+        else {
             continue;
         };
         if ent.path().join(MANIFEST_FILE).is_file() {
@@ -142,19 +163,32 @@ pub fn publish_github(client: &Client, feed_dir: &Path, target: &GithubTarget) -
     for name in names {
         let dir = feed_dir.join(name.as_str());
         let files = local_files(&dir, Some(&name))?;
+        if target.provenance {
+            for r in sync_provenance(client, target, &name, &files)? {
+                report.releases.push(r);
+            }
+        }
         let title = format!("{name} system extension feed");
         let body = format!(
             "Rolling feed of the {name} system extension for systemd-sysupdate: images, SHA256SUMS (signed), \
              transfer files and Butane/Ignition snippets. Managed by `bakery publish`; do not edit by hand."
         );
-        report
-            .releases
-            .push(sync_release(client, target, &target.tag(&name), &title, &body, files)?);
+        report.releases.push(sync_release(
+            client,
+            target,
+            &target.tag(&name),
+            &title,
+            &body,
+            files,
+        )?);
     }
     let cat = feed_dir.join(CATALOGUE_FILE);
     if cat.is_file() {
         let mut files = Vec::new();
-        for (n, kind) in [(CATALOGUE_SIG_FILE, Kind::Signature), (CATALOGUE_FILE, Kind::Signed)] {
+        for (n, kind) in [
+            (CATALOGUE_SIG_FILE, Kind::Signature),
+            (CATALOGUE_FILE, Kind::Signed),
+        ] {
             let path = feed_dir.join(n);
             let sha256 = fsutil::digest_file(&path)?.sha256;
             files.push(LocalFile {
@@ -191,13 +225,17 @@ fn local_files(dir: &Path, name: Option<&ExtensionName>) -> Result<Vec<LocalFile
             continue;
         }
         let file = FeedFileName::new(n.as_str()).map_err(|e| {
-            GithubError::Limit(format!("{}: cannot be a release asset: {e}", dir.join(&n).display()))
+            GithubError::Limit(format!(
+                "{}: cannot be a release asset: {e}",
+                dir.join(&n).display()
+            ))
         })?;
         let kind = match n.as_str() {
             MANIFEST_SIG_FILE => Kind::Signature,
             MANIFEST_FILE => Kind::Signed,
             _ if name.is_some_and(|x| {
-                layout::parse_image_file_name(x, &n).is_some() || layout::parse_sidecar_file_name(x, &n).is_some()
+                layout::parse_image_file_name(x, &n).is_some()
+                    || layout::parse_sidecar_file_name(x, &n).is_some()
             }) =>
             {
                 Kind::Immutable
@@ -236,6 +274,75 @@ fn local_files(dir: &Path, name: Option<&ExtensionName>) -> Result<Vec<LocalFile
         )));
     }
     out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    Ok(out)
+}
+
+/// Per-version releases: upload what is missing, never replace or delete.
+fn sync_provenance(
+    client: &Client,
+    target: &GithubTarget,
+    name: &ExtensionName,
+    files: &[LocalFile],
+) -> Result<Vec<ReleaseReport>, GithubError> {
+    let mut by_version: BTreeMap<String, Vec<&LocalFile>> = BTreeMap::new();
+    for f in files.iter().filter(|f| f.kind == Kind::Immutable) {
+        let n = f.name.as_str();
+        let v = layout::parse_image_file_name(name, n)
+            .map(|(v, _)| v)
+            .or_else(|| layout::parse_sidecar_file_name(name, n).map(|(v, _, _)| v));
+        if let Some(v) = v {
+            by_version.entry(v.to_string()).or_default().push(f);
+        }
+    }
+    let mut out = Vec::new();
+    for (version, files) in by_version {
+        let tag = format!("{}{name}-{version}", target.tag_prefix);
+        let release = client.get_or_create_release(
+            &target.repo,
+            &tag,
+            &format!("{name} {version}"),
+            &format!(
+                "The {name} system extension, version {version}, as first published. Immutable."
+            ),
+        )?;
+        let mut s = Sync {
+            client,
+            repo: &target.repo,
+            tag: tag.clone(),
+            assets: BTreeMap::new(),
+            report: ReleaseReport {
+                tag,
+                ..ReleaseReport::default()
+            },
+            release,
+        };
+        s.refresh()?;
+        for f in files {
+            match s.assets.get(f.name.as_str()).cloned() {
+                Some(a) if a.is_uploaded() => {
+                    let remote = s.remote_sha256(&a)?;
+                    if remote != f.sha256 {
+                        return Err(GithubError::ImmutableChanged {
+                            tag: s.tag.clone(),
+                            name: f.name.to_string(),
+                            remote: remote.to_hex(),
+                            local: f.sha256.to_hex(),
+                        });
+                    }
+                }
+                other => {
+                    if let Some(broken) = other {
+                        s.client.delete_asset(s.repo, broken.id)?;
+                        s.report.cleaned.push(broken.name);
+                    }
+                    let a = s.upload(f.name.as_str(), f)?;
+                    s.assets.insert(a.name.clone(), a);
+                    s.report.uploaded.push(f.name.to_string());
+                }
+            }
+        }
+        out.push(s.report);
+    }
     Ok(out)
 }
 
@@ -283,35 +390,64 @@ fn sync_release(
         s.report.cleaned.push(a.name);
     }
 
-    // 2–4. In kind order: immutable, mutable, signature, signed.
+    // 2–3. Images and sidecars, then transfer files and snippets.
+    let mut pair: Vec<(&LocalFile, Option<Asset>)> = Vec::new();
     for f in &files {
         let existing = s.assets.get(f.name.as_str()).cloned();
+        let existing = match existing {
+            Some(a) if s.remote_sha256(&a)? == f.sha256 => continue,
+            other => other,
+        };
+        if matches!(f.kind, Kind::Signature | Kind::Signed) {
+            pair.push((f, existing));
+            continue;
+        }
         match existing {
             None => {
                 let a = s.upload(f.name.as_str(), f)?;
                 s.assets.insert(a.name.clone(), a);
                 s.report.uploaded.push(f.name.to_string());
             }
+            Some(a) if f.kind == Kind::Immutable => {
+                return Err(GithubError::ImmutableChanged {
+                    tag: s.tag.clone(),
+                    name: f.name.to_string(),
+                    remote: s.remote_sha256(&a)?.to_hex(),
+                    local: f.sha256.to_hex(),
+                });
+            }
             Some(a) => {
-                let remote = s.remote_sha256(&a)?;
-                if remote == f.sha256 {
-                    continue;
-                }
-                if f.kind == Kind::Immutable {
-                    return Err(GithubError::ImmutableChanged {
-                        tag: s.tag.clone(),
-                        name: f.name.to_string(),
-                        remote: remote.to_hex(),
-                        local: f.sha256.to_hex(),
-                    });
-                }
                 s.replace(&a, f)?;
                 s.report.replaced.push(f.name.to_string());
             }
         }
     }
 
-    // 5. Retire what the feed no longer has.
+    // 4. The manifest pair (signature first). Uploads happen before the
+    // window opens: both new halves are staged under temporary names,
+    // then each old one is deleted and its successor renamed.
+    let mut staged = Vec::new();
+    for (f, old) in &pair {
+        let name = match old {
+            Some(_) => format!("{}{TEMP_ASSET_SUFFIX}", f.name),
+            None => f.name.to_string(),
+        };
+        let a = s.upload(&name, f)?;
+        s.assets.insert(a.name.clone(), a.clone());
+        staged.push((f, old, a));
+    }
+    for (f, old, new) in staged {
+        match old {
+            None => s.report.uploaded.push(f.name.to_string()),
+            Some(old) => {
+                s.swap(old, &new, f)?;
+                s.report.replaced.push(f.name.to_string());
+            }
+        }
+    }
+
+    // 5. Retire what the feed no longer has, judged on a fresh listing.
+    s.refresh()?;
     let wanted: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
     let extra: Vec<Asset> = s
         .assets
@@ -344,7 +480,9 @@ impl Sync<'_> {
         if let Some(d) = a.sha256() {
             return Ok(d);
         }
-        let bytes = self.client.download_asset(self.repo, a.id, MAX_ASSET_SIZE)?;
+        let bytes = self
+            .client
+            .download_asset(self.repo, a.id, MAX_ASSET_SIZE)?;
         Ok(crate::fsutil::FileDigests::of_bytes(&bytes).sha256)
     }
 
@@ -378,7 +516,11 @@ impl Sync<'_> {
                 if a.is_uploaded() && self.remote_sha256(&a)? == f.sha256 {
                     return Ok(a);
                 }
-                if a.is_uploaded() && err.is_already_exists() && name == f.name.as_str() && f.kind == Kind::Immutable {
+                if a.is_uploaded()
+                    && err.is_already_exists()
+                    && name == f.name.as_str()
+                    && f.kind == Kind::Immutable
+                {
                     return Err(GithubError::ImmutableChanged {
                         tag: self.tag.clone(),
                         name: name.to_string(),
@@ -401,13 +543,18 @@ impl Sync<'_> {
     /// the old asset, rename the new one.
     fn replace(&mut self, old: &Asset, f: &LocalFile) -> Result<(), GithubError> {
         let tmp = format!("{}{TEMP_ASSET_SUFFIX}", f.name);
-        if let Some(a) = self.assets.remove(&tmp) {
-            self.client.delete_asset(self.repo, a.id)?;
-        }
         let new = self.upload(&tmp, f)?;
+        self.swap(old, &new, f)
+    }
+
+    /// Deletes `old` and renames the staged `new` to `f`'s name.
+    fn swap(&mut self, old: &Asset, new: &Asset, f: &LocalFile) -> Result<(), GithubError> {
         self.client.delete_asset(self.repo, old.id)?;
         self.assets.remove(old.name.as_str());
-        let renamed = self.client.rename_asset(self.repo, new.id, f.name.as_str())?;
+        let renamed = self
+            .client
+            .rename_asset(self.repo, new.id, f.name.as_str())?;
+        self.assets.remove(&new.name);
         self.assets.insert(renamed.name.clone(), renamed);
         Ok(())
     }

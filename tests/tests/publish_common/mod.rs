@@ -30,7 +30,9 @@ pub fn fake_image(dir: &Path, name: &str, version: &str, arch: Arch, salt: &str)
     let p = dir.join(format!("in-{name}-{version}-{arch}-{salt}.img"));
     let mut bytes = Vec::new();
     for i in 0..64u32 {
-        bytes.extend_from_slice(&Sha256::digest(format!("{name}/{version}/{arch}/{salt}/{i}").as_bytes()));
+        bytes.extend_from_slice(&Sha256::digest(
+            format!("{name}/{version}/{arch}/{salt}/{i}").as_bytes(),
+        ));
     }
     fs::write(&p, bytes).expect("write fake image");
     p
@@ -59,7 +61,12 @@ pub fn gpg_verify(keyring: &[u8], data: &[u8], sig: &[u8]) -> bool {
     let out = Command::new("gpg")
         .arg("--homedir")
         .arg(home.path())
-        .args(["--no-options", "--no-default-keyring", "--no-auto-key-locate", "--no-auto-check-trustdb"])
+        .args([
+            "--no-options",
+            "--no-default-keyring",
+            "--no-auto-key-locate",
+            "--no-auto-check-trustdb",
+        ])
         .args(["--batch", "--trust-model=always", "--keyring"])
         .arg(&kr)
         .arg("--verify")
@@ -116,8 +123,9 @@ pub fn check_pair(
     }
     let m = Manifest::parse(sums).expect("a signed manifest parses");
     for (name, digest) in m.entries() {
-        let bytes = lookup(name.as_str())
-            .unwrap_or_else(|| panic!("{what}: the signed manifest names {name}, which is missing"));
+        let bytes = lookup(name.as_str()).unwrap_or_else(|| {
+            panic!("{what}: the signed manifest names {name}, which is missing")
+        });
         assert_eq!(
             hex::encode(Sha256::digest(&bytes)),
             digest.to_hex(),
@@ -132,7 +140,13 @@ pub fn check_dir(ext_dir: &Path, signer: &dyn ManifestSigner) -> PairState {
     let read = |n: &str| fs::read(ext_dir.join(n)).ok();
     let sums = read("SHA256SUMS");
     let sig = read("SHA256SUMS.gpg");
-    check_pair(&ext_dir.display().to_string(), signer, sums.as_deref(), sig.as_deref(), &read)
+    check_pair(
+        &ext_dir.display().to_string(),
+        signer,
+        sums.as_deref(),
+        sig.as_deref(),
+        &read,
+    )
 }
 
 /// Names of the files in `dir`, sorted, without hidden ones.

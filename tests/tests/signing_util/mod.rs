@@ -54,9 +54,15 @@ pub fn veritysetup_format(data: &Path, hash: &Path, params: &VerityParams) -> Ro
 /// Whether `veritysetup verify DATA HASH ROOT` accepts.
 pub fn veritysetup_verify(data: &Path, hash: &Path, root: &RootHash) -> bool {
     require_tool("veritysetup", "cryptsetup-bin");
-    output(Command::new("veritysetup").arg("verify").arg(data).arg(hash).arg(root.to_string()))
-        .status
-        .success()
+    output(
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(data)
+            .arg(hash)
+            .arg(root.to_string()),
+    )
+    .status
+    .success()
 }
 
 /// An RSA key and self-signed certificate made by the `openssl` command in
@@ -67,7 +73,9 @@ pub fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let cert = dir.join(format!("{name}.crt"));
     run_ok(
         Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+            ])
             .arg("-subj")
             .arg(format!("/CN={name}"))
             .arg("-keyout")
@@ -87,17 +95,25 @@ pub fn demo_squashfs(dir: &Path) -> PathBuf {
     fs::create_dir_all(tree.join("usr/lib/extension-release.d")).unwrap();
     fs::create_dir_all(tree.join("usr/bin")).unwrap();
     fs::create_dir_all(tree.join("opt/demo")).unwrap();
-    fs::write(tree.join("usr/lib/extension-release.d/extension-release.demo"), "ID=_any\n").unwrap();
+    fs::write(
+        tree.join("usr/lib/extension-release.d/extension-release.demo"),
+        "ID=_any\n",
+    )
+    .unwrap();
     fs::write(tree.join("usr/bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
     // Some incompressible bytes so the image spans several blocks.
     fs::write(tree.join("opt/demo/data"), pseudo_random(300 * 1024, 7)).unwrap();
     let img = dir.join("fs.squashfs");
-    run_ok(
-        Command::new("mksquashfs")
-            .arg(&tree)
-            .arg(&img)
-            .args(["-noappend", "-quiet", "-no-progress", "-all-root", "-mkfs-time", "0", "-all-time", "0"]),
-    );
+    run_ok(Command::new("mksquashfs").arg(&tree).arg(&img).args([
+        "-noappend",
+        "-quiet",
+        "-no-progress",
+        "-all-root",
+        "-mkfs-time",
+        "0",
+        "-all-time",
+        "0",
+    ]));
     img
 }
 
