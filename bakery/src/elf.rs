@@ -323,6 +323,34 @@ mod tests {
     }
 
     #[test]
+    fn lints_a_staged_tree() {
+        use crate::tree::{EntryName, FileNode};
+        let file = |content: Vec<u8>| {
+            Node::File(FileNode {
+                mode: 0o755,
+                content: FileContent::Bytes(content),
+            })
+        };
+        let dir = |entries: Vec<(&str, Node)>| DirNode {
+            mode: 0o755,
+            entries: entries
+                .into_iter()
+                .map(|(n, node)| (EntryName::new(n).unwrap(), node))
+                .collect(),
+        };
+        let bin = dir(vec![
+            ("kubelet", file(header(2, 1, 183))),
+            ("kubectl", file(header(2, 1, 62))),
+            ("script", file(b"#!/bin/sh\n".to_vec())),
+        ]);
+        let root = dir(vec![("usr", Node::Dir(dir(vec![("bin", Node::Dir(bin))])))]);
+        let tree = StagedTree { root, mtime: 0 };
+        let findings = lint_tree(&tree, Arch::X86_64).unwrap();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].path, Path::new("/usr/bin/kubelet"));
+    }
+
+    #[test]
     fn finding_message_names_path_and_both_architectures() {
         let f = check_bytes(
             Path::new("/usr/bin/kubelet"),

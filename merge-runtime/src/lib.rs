@@ -10,6 +10,7 @@
 //! - [`discover`]: search directories, precedence, masking, formats, sidecars;
 //! - [`release`] and [`osrelease`]: extension-release lookup and validation;
 //! - [`verify`]: policy, signatures, verity backends;
+//! - [`update`]: `update`, `rollback` and `pending` (A/B updates from a feed);
 //! - [`dmverity`]: kernel dm-verity devices and the kernel keyring;
 //! - [`ddi`]: reading GPT disk images (through `signing::ddi`);
 //! - [`loopdev`], [`ns`], [`mounts`], [`root`]: the kernel plumbing.
@@ -25,6 +26,7 @@ pub mod osrelease;
 pub mod release;
 pub mod root;
 pub mod runtime;
+pub mod update;
 pub mod verify;
 
 pub use name::ExtensionName;

@@ -33,6 +33,6 @@ pub mod verity;
 
 pub use ddi::{read_ddi, write_ddi, DdiError, DdiLayout, SealedDdi};
 pub use keys::{keygen, KeyError, KeySource, SigningKey};
-pub use seal::{seal, SealFormat, SealRequest, Sealed};
 pub use pkcs7::{sign_root_hash, verify_root_hash, Pkcs7Error, RootHashSignature, TrustedCerts};
+pub use seal::{seal, SealFormat, SealRequest, Sealed};
 pub use verity::{build_tree, verify_tree, RootHash, VerityError, VerityParams, VerityTree};

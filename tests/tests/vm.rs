@@ -9,10 +9,9 @@
 //! the `signing` crate (DDI and sidecar forms), signed by a key whose
 //! certificate the guest roots trust, or by an untrusted one.
 //!
-//! Pending: the update cycle (v1 → v2, failed health check → v1) needs
-//! `sysext update`, which does not exist yet. The plumbing it needs — a
-//! feed served by the host on 127.0.0.1 and reached from the guest through
-//! qemu user networking — is tested by `guest_reaches_host_loopback_server`.
+//! The update cycle (v1 → v2, failed health check → v1) pulls from a feed
+//! that the host serves on 127.0.0.1 only; the guest reaches it through qemu
+//! user networking (the host's loopback is 10.0.2.2 there).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,6 +24,7 @@ use integration_tests::vm::{tar_disk, Initramfs, Kernel, Vm, VmRun};
 use sha2::{Digest, Sha256};
 use signing::ddi::{write_ddi, DdiOptions};
 use signing::keys::{keygen_with, KeygenOptions, SigningKey};
+use signing::openpgp::{Algorithm, OpenPgpSecretKey};
 use sysupdate::Arch;
 
 const EXT: &str = "vmtest";
@@ -151,6 +151,33 @@ fn tamper(image: &[u8]) -> Vec<u8> {
     let mut t = image.to_vec();
     t[at + 5] ^= 0x01;
     t
+}
+
+/// Publishes v1 and v2 as a sysupdate feed under `/EXT/` on `server`
+/// (`SHA256SUMS` signed with a new OpenPGP key); returns the transfer file
+/// the guest uses and the public keyring.
+fn feed(server: &Upstream, guest_base: &str, v1: &[u8], v2: &[u8]) -> (String, Vec<u8>) {
+    let key = OpenPgpSecretKey::generate("sysext-forge VM test feed", Algorithm::Ed25519)
+        .expect("OpenPGP key");
+    let sums = format!(
+        "{}  {EXT}_1.raw\n{}  {EXT}_2.raw\n",
+        sha256_hex(v1),
+        sha256_hex(v2)
+    );
+    server.insert(&format!("/{EXT}/{EXT}_1.raw"), v1.to_vec());
+    server.insert(&format!("/{EXT}/{EXT}_2.raw"), v2.to_vec());
+    server.insert(
+        &format!("/{EXT}/SHA256SUMS.gpg"),
+        key.sign_detached(sums.as_bytes()).expect("sign SHA256SUMS"),
+    );
+    server.insert(&format!("/{EXT}/SHA256SUMS"), sums.into_bytes());
+    let transfer = format!(
+        "[Transfer]\nVerify=yes\n\n\
+         [Source]\nType=url-file\nPath={guest_base}/{EXT}/\nMatchPattern={EXT}_@v.raw\n\n\
+         [Target]\nType=regular-file\nPath=/var/lib/extensions.d\nMatchPattern={EXT}_@v.raw\n\
+         CurrentSymlink=/var/lib/extensions/{EXT}.raw\nInstancesMax=3\n"
+    );
+    (transfer, key.public_keyring().expect("public keyring"))
 }
 
 fn scenario(probe_url: &str, probe_sha: &str, data_sha: &str) -> String {
@@ -280,11 +307,34 @@ check ref-clean wait_clean
 check net-fetch timeout 60 wget -O /tmp/probe {probe_url}
 check net-content sh -c 'sha256sum /tmp/probe | grep -q ^{probe_sha}'
 
-# --- update cycle: needs `sysext update` -----------------------------------
+# --- update cycle v1 -> v2 from the host's feed, and health-check rollback --
 if sysext update --help >/dev/null 2>&1; then
-  result update FAIL "sysext update exists now: wire the update scenario in tests/tests/vm.rs"
+  result update-available PASS
+  for U in upd rb; do
+    mkroot $U
+    R=/sc/$U
+    mkdir -p $R/var/lib/extensions.d $R/etc/systemd $R/etc/sysupdate.{EXT}.d
+    cp /sc/images/good.raw $R/var/lib/extensions.d/{EXT}_1.raw
+    ln -s ../extensions.d/{EXT}_1.raw $R/var/lib/extensions/{EXT}.raw
+    cp /sc/images/import-pubring.pgp $R/etc/systemd/import-pubring.pgp
+    cp /sc/images/{EXT}.transfer $R/etc/sysupdate.{EXT}.d/{EXT}.transfer
+    run_blob $U-merge sysext --root=$R merge
+    check $U-v1-merged grep -q "hello from {EXT} 1" $R/usr/share/{EXT}/hello.txt
+  done
+  run_blob upd-update sysext --root=/sc/upd --json=pretty update --check 'grep -q "hello from {EXT} 2" /sc/upd/usr/share/{EXT}/hello.txt'
+  check upd-v2 grep -q "hello from {EXT} 2" /sc/upd/usr/share/{EXT}/hello.txt
+  check upd-link sh -c 'readlink /sc/upd/var/lib/extensions/{EXT}.raw | grep -q {EXT}_2.raw'
+  check upd-dm-verity sh -c 'dmsetup table | grep -q " verity 1 "'
+  run_blob upd-status sysext --root=/sc/upd --json=pretty status
+  run_blob rb-update sysext --root=/sc/rb --json=pretty update --check false
+  check rb-v1 grep -q "hello from {EXT} 1" /sc/rb/usr/share/{EXT}/hello.txt
+  check rb-link sh -c 'readlink /sc/rb/var/lib/extensions/{EXT}.raw | grep -q {EXT}_1.raw'
+  run_blob rb-status sysext --root=/sc/rb --json=pretty status
+  run_blob upd-unmerge sysext --root=/sc/upd unmerge
+  run_blob rb-unmerge sysext --root=/sc/rb unmerge
+  check upd-clean wait_clean
 else
-  result update-pending PASS "sysext update does not exist yet"
+  result update-available FAIL "sysext update does not exist yet"
 fi
 "#
     )
@@ -323,6 +373,17 @@ fn build_and_boot() -> Suite {
     fs::copy(&fs1, &side).unwrap();
     signing::sidecar::write_sidecar(&side, Some(&trusted), None).expect("write_sidecar");
     let file = |n: &str| fs::read(d.join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+
+    // Loopback server: the network probe and the update feed.
+    let server = Upstream::start();
+    let probe: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    server.insert("/probe.bin", probe.clone());
+    let guest_base = format!("http://10.0.2.2:{}", server.addr().port());
+    let guest_url = format!("{guest_base}/probe.bin");
+    let (transfer, pubring) = feed(&server, &guest_base, &file("good.raw"), &file("v2.raw"));
+
     let files = vec![
         ("good.raw".to_string(), good),
         ("tampered.raw".to_string(), tampered),
@@ -335,17 +396,11 @@ fn build_and_boot() -> Suite {
         ("side.roothash".to_string(), file("side.roothash")),
         ("side.roothash.p7s".to_string(), file("side.roothash.p7s")),
         ("trusted.crt".to_string(), fs::read(&trusted_crt).unwrap()),
+        ("import-pubring.pgp".to_string(), pubring),
+        (format!("{EXT}.transfer"), transfer.into_bytes()),
     ];
     let disk = d.join("images.tar");
     tar_disk(&disk, &files);
-
-    // Loopback server for the network check.
-    let server = Upstream::start();
-    let probe: Vec<u8> = (0..100_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    server.insert("/probe.bin", probe.clone());
-    let guest_url = format!("http://10.0.2.2:{}/probe.bin", server.addr().port());
 
     // Initramfs.
     let sysext = integration_tests::bin("merge-runtime", "sysext");
@@ -594,7 +649,31 @@ fn guest_reaches_host_loopback_server() {
     let r = &suite().run;
     r.assert_pass("net-fetch");
     r.assert_pass("net-content");
-    r.assert_pass("update-pending");
+}
+
+#[test]
+fn update_cycle_v1_to_v2_and_health_check_rollback() {
+    let r = &suite().run;
+    r.assert_pass("update-available");
+    for c in [
+        "upd-v1-merged",
+        "rb-v1-merged",
+        "upd-v2",
+        "upd-link",
+        "upd-dm-verity",
+        "rb-v1",
+        "rb-link",
+        "upd-clean",
+    ] {
+        r.assert_pass(c);
+    }
+    let status = json(r, "upd-status");
+    assert!(
+        images(&status)
+            .iter()
+            .any(|i| i["name"] == EXT && i["verification"] == "kernel-verity+userspace-signature"),
+        "{status:#}"
+    );
 }
 
 #[test]

@@ -497,7 +497,7 @@ impl Fetcher {
                 rb = rb.header(header::IF_RANGE, v.clone());
             }
         }
-        let mut resp = rb.send().await.map_err(classify)?;
+        let mut resp = rb.send().await.map_err(|e| classify(e, label))?;
         let status = resp.status().as_u16();
         match status {
             206 if offset > 0 => {
@@ -574,7 +574,7 @@ impl Fetcher {
                         retry_after: None,
                     })
                 }
-                Ok(Err(e)) => return Err(classify(e)),
+                Ok(Err(e)) => return Err(classify(e, label)),
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => c,
             };
@@ -665,7 +665,7 @@ impl Fetcher {
             .headers(headers)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, label))?;
         let status = resp.status().as_u16();
         if is_transient_status(status) {
             return Err(Attempt::Transient {
@@ -699,7 +699,7 @@ impl Fetcher {
                         retry_after: None,
                     })
                 }
-                Ok(Err(e)) => return Err(classify(e)),
+                Ok(Err(e)) => return Err(classify(e, label)),
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => {
                     if body.len() as u64 + c.len() as u64 > limit {
@@ -748,7 +748,7 @@ fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 425 | 429) || (500..=599).contains(&status)
 }
 
-fn classify(e: reqwest::Error) -> Attempt {
+fn classify(e: reqwest::Error, label: &UrlLabel) -> Attempt {
     let message = error_chain(&e);
     if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() || e.is_decode() {
         Attempt::Transient {
@@ -757,10 +757,7 @@ fn classify(e: reqwest::Error) -> Attempt {
         }
     } else {
         Attempt::Fatal(FetchError::Network {
-            url: UrlLabel {
-                url: e.url().map(|u| u.to_string()).unwrap_or_default(),
-                via: None,
-            },
+            url: label.clone(),
             message,
             attempts: 1,
         })
