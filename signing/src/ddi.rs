@@ -827,3 +827,123 @@ mod tests {
         assert!(e.contains("base64"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod no_panic {
+    //! Whatever bytes the readers get, they return an error, never panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A small valid table to mutate: three partitions on a 200-sector disk.
+    fn valid_image() -> Vec<u8> {
+        let geo = Geometry { total_sectors: 200 };
+        let root = RootHash::from_bytes([5; 32]);
+        let parts = vec![
+            partition(
+                Arch::X86_64,
+                PartitionRole::Data,
+                ByteRange::new(40 * 512, 4096),
+                uuid_from(&[1; 16]),
+            ),
+            partition(
+                Arch::X86_64,
+                PartitionRole::Verity,
+                ByteRange::new(48 * 512, 4096),
+                uuid_from(&[2; 16]),
+            ),
+            partition(
+                Arch::X86_64,
+                PartitionRole::VeritySig,
+                ByteRange::new(56 * 512, 4096),
+                derived_uuid(&root, b"x"),
+            ),
+        ];
+        let mut img = vec![0u8; 200 * 512];
+        for (off, bytes) in gpt::table_pieces(&geo, Uuid::from_u128(9), &parts) {
+            img[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
+        }
+        img
+    }
+
+    proptest! {
+        #[test]
+        fn read_ddi_never_panics_on_mutations(flips in proptest::collection::vec((0usize..200 * 512, any::<u8>()), 1..8)) {
+            let mut img = valid_image();
+            for (at, v) in flips {
+                img[at] = v;
+            }
+            let _ = read_ddi(&img[..]);
+        }
+
+        /// Damage behind valid CRCs reaches the deeper checks (bounds,
+        /// overlaps, types, signature JSON).
+        #[test]
+        fn read_ddi_never_panics_behind_valid_crcs(flips in proptest::collection::vec((0usize..3 * 128, any::<u8>()), 1..6), header in proptest::collection::vec((24usize..92, any::<u8>()), 0..3)) {
+            let mut img = valid_image();
+            for (at, v) in flips {
+                img[1024 + at] = v;
+            }
+            for (at, v) in header {
+                if !(88..92).contains(&at) {
+                    img[512 + at] = v;
+                }
+            }
+            fix_crcs(&mut img);
+            let _ = read_ddi(&img[..]);
+        }
+
+        #[test]
+        fn read_ddi_never_panics_on_noise(img in proptest::collection::vec(any::<u8>(), 0..40_000)) {
+            let _ = read_ddi(&img[..]);
+        }
+
+        #[test]
+        fn signature_parser_never_panics(content in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = parse_signature_partition(&content);
+        }
+
+        #[test]
+        fn superblock_parser_never_panics(mut sb in proptest::collection::vec(any::<u8>(), 512), keep_magic in any::<bool>()) {
+            if keep_magic {
+                sb[..8].copy_from_slice(b"verity\0\0");
+                sb[8..16].copy_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0]);
+            }
+            let mut a = [0u8; 512];
+            a.copy_from_slice(&sb);
+            let _ = verity::parse_superblock(&a);
+        }
+    }
+
+    /// Recomputes the entry and header CRCs of the primary table and copies
+    /// the entries and CRC into the backup.
+    fn fix_crcs(img: &mut [u8]) {
+        let n = img.len();
+        let entries_crc = gpt::crc32(&img[1024..1024 + 16384]);
+        img[512 + 88..512 + 92].copy_from_slice(&entries_crc.to_le_bytes());
+        img[512 + 16..512 + 20].fill(0);
+        let crc = gpt::crc32(&img[512..512 + 92]);
+        img[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+        let entries = img[1024..1024 + 16384].to_vec();
+        img[n - 512 - 16384..n - 512].copy_from_slice(&entries);
+        let b = n - 512;
+        img[b + 88..b + 92].copy_from_slice(&entries_crc.to_le_bytes());
+        img[b + 16..b + 20].fill(0);
+        let crc = gpt::crc32(&img[b..b + 92]);
+        img[b + 16..b + 20].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn the_valid_image_reads() {
+        let mut img = valid_image();
+        fix_crcs(&mut img);
+        assert_eq!(
+            img,
+            valid_image(),
+            "fix_crcs must be a no-op on a valid table"
+        );
+        let img = valid_image();
+        // The signature partition is empty (all NUL): not valid JSON.
+        let e = read_ddi(&img[..]).unwrap_err();
+        assert!(matches!(e, DdiError::BadSignaturePartition { .. }), "{e}");
+    }
+}

@@ -240,6 +240,6 @@ mod tests {
 
         std::fs::write(back.path(), "{\n  \"components\": [\n").unwrap();
         let e = StateFile::load(&root).unwrap_err().to_string();
-        assert!(e.contains("update-state.json:3:") && e.contains("delete it"), "{e}");
+        assert!(e.contains("update-state.json:2:") && e.contains("delete it"), "{e}");
     }
 }
