@@ -1,23 +1,28 @@
-//! `bakery build`: a recipe directory into `NAME-VERSION-ARCH.raw` images
-//! and their `SHA256SUMS` lines in an output directory.
+//! `bakery build`: a recipe directory into sealed `NAME-VERSION-ARCH.raw`
+//! images (DDI, sidecar or bare; see [`crate::seal`]) and their
+//! `SHA256SUMS` lines in an output directory.
 //!
 //! This module owns the build's all-or-nothing output: the recipe is loaded,
 //! staged and linted for every requested architecture before the output
-//! directory is touched; each image is written to a temporary file in the
-//! output directory, fsynced, and renamed into place only when all images
-//! are complete; `SHA256SUMS` is rewritten the same way (other lines kept,
-//! sorted by file name). On any error no new output file remains.
+//! directory is touched; each filesystem image is written and sealed in a
+//! hidden staging directory inside the output directory, and every output
+//! file (images and sidecar files) is renamed into place only when all
+//! images are complete; `SHA256SUMS` is rewritten the same way (other lines
+//! kept, sorted by file name). On any error no new output file remains.
+//! Sidecar files of an earlier build of the same image in another format
+//! are removed (file and `SHA256SUMS` line) once the new outputs are in.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use signing::RootHash;
 use sysupdate::{Arch, Sha256Digest, Version};
 
 use crate::recipe::{ExtensionName, Recipe, RecipeError};
+use crate::seal::{seal, OutputFile, SealError, SealFormat, SealOptions, Staging, Unsigned};
 use crate::squashfs::{write_squashfs, Compression, SquashfsError, SquashfsOptions};
 use crate::stage::{stage, SourceDateEpoch, StageError};
 use crate::tree::StagedTree;
@@ -37,6 +42,8 @@ pub struct BuildOptions {
     pub output_dir: PathBuf,
     pub squashfs: SquashfsOptions,
     pub source_date_epoch: SourceDateEpoch,
+    /// Format and signing key (default: `bare`, unsigned).
+    pub seal: SealOptions,
 }
 
 impl BuildOptions {
@@ -48,6 +55,7 @@ impl BuildOptions {
             output_dir: output_dir.into(),
             squashfs: SquashfsOptions::default(),
             source_date_epoch: SourceDateEpoch::default(),
+            seal: SealOptions::default(),
         }
     }
 }
@@ -56,9 +64,24 @@ impl BuildOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltImage {
     pub arch: Arch,
+    /// The image `NAME-VERSION-ARCH.raw`.
     pub path: PathBuf,
     pub size: u64,
     pub sha256: Sha256Digest,
+    pub format: SealFormat,
+    /// The dm-verity root hash (`None` for `bare`).
+    pub root_hash: Option<RootHash>,
+    /// sha256 of the signer's certificate (DER) when signed.
+    pub signer: Option<Sha256Digest>,
+    /// The sidecar files (`.verity`, `.roothash`, `.roothash.p7s`) of the
+    /// `sidecar` format, empty otherwise.
+    pub sidecars: Vec<OutputFile>,
+}
+
+impl BuiltImage {
+    pub fn is_signed(&self) -> bool {
+        self.signer.is_some()
+    }
 }
 
 /// What a build produced.
@@ -71,6 +94,9 @@ pub struct BuildReport {
     pub images: Vec<BuiltImage>,
     /// The rewritten `SHA256SUMS`.
     pub sha256sums: PathBuf,
+    pub format: SealFormat,
+    /// Set when the images carry no signature, and why (print it).
+    pub unsigned: Option<Unsigned>,
 }
 
 /// Why a build failed.
@@ -88,6 +114,8 @@ pub enum BuildError {
     },
     #[error("cannot write the squashfs image {}: {err}", .path.display())]
     Squashfs { path: PathBuf, err: SquashfsError },
+    #[error(transparent)]
+    Seal(#[from] SealError),
     /// Image options that cannot work (checked before any output is made).
     #[error("{0}")]
     Options(SquashfsError),
@@ -135,59 +163,78 @@ pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport,
     let out = &opts.output_dir;
     fs::create_dir_all(out).map_err(io(out, "cannot create output directory"))?;
 
-    let mut pending = Vec::new();
+    let plan = opts.seal.plan();
+    let staging = Staging::new(out)?;
+    let mut sealed = Vec::new();
     for (arch, tree) in &trees {
         let file_name = recipe.image_file_name(*arch);
-        let final_path = out.join(&file_name);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{file_name}."))
-            .suffix(".tmp")
-            .tempfile_in(out)
-            .map_err(io(
-                out,
-                "cannot create a temporary file in the output directory",
-            ))?;
-        write_squashfs(tree, tmp.as_file_mut(), &opts.squashfs).map_err(|err| {
+        let stem = file_name.strip_suffix(".raw").unwrap_or(&file_name);
+        let (fs_image, mut file) = staging.create_fs_image(stem, *arch)?;
+        write_squashfs(tree, &mut file, &opts.squashfs).map_err(|err| {
             BuildError::Squashfs {
-                path: final_path.clone(),
+                path: out.join(&file_name),
                 err,
             }
         })?;
-        let tmp_path = tmp.path().to_path_buf();
-        let (size, sha256) = finish_file(tmp.as_file_mut(), &tmp_path)?;
-        pending.push((
-            tmp,
-            BuiltImage {
-                arch: *arch,
-                path: final_path,
-                size,
-                sha256,
-            },
-        ));
+        file.sync_all()
+            .map_err(io(fs_image.path(), "cannot fsync"))?;
+        drop(file);
+        sealed.push(seal(fs_image, &plan)?);
     }
 
-    // All images are complete: move them into place.
-    let mut images = Vec::new();
-    for (tmp, image) in pending {
-        if let Err(e) = tmp.persist(&image.path) {
-            remove_all(&images);
+    // All images are sealed: move every file into place.
+    let mut moved: Vec<PathBuf> = Vec::new();
+    for f in sealed.iter().flat_map(|s| &s.files) {
+        let placed = fs::set_permissions(&f.staged, fs::Permissions::from_mode(OUTPUT_MODE))
+            .and_then(|()| fs::rename(&f.staged, &f.path));
+        if let Err(err) = placed {
+            remove_all(&moved);
             return Err(BuildError::Io {
-                path: image.path.clone(),
-                action: "cannot rename the finished image into place",
-                err: e.error,
+                path: f.path.clone(),
+                action: "cannot rename the finished file into place",
+                err,
             });
         }
-        images.push(image);
+        moved.push(f.path.clone());
     }
     let sums_path = out.join(SHA256SUMS);
-    let entries: Vec<(String, Sha256Digest)> = images
+    let entries: Vec<(String, Sha256Digest)> = sealed
         .iter()
-        .map(|i| (recipe.image_file_name(i.arch), i.sha256))
+        .flat_map(|s| &s.files)
+        .map(|f| (f.name.clone(), f.sha256))
         .collect();
-    if let Err(e) = update_sha256sums(&sums_path, &entries).and_then(|()| sync_dir(out)) {
-        remove_all(&images);
+    let stale: Vec<String> = sealed.iter().flat_map(|s| s.stale_names()).collect();
+    if let Err(e) = update_sha256sums_removing(&sums_path, &entries, &stale)
+        .and_then(|()| sync_dir(out))
+    {
+        remove_all(&moved);
         return Err(e);
     }
+    drop(staging);
+    // Sidecar files of an earlier build in another format no longer belong
+    // to the image; they are out of SHA256SUMS already.
+    for name in &stale {
+        let p = out.join(name);
+        if p.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            fs::remove_file(&p).map_err(io(&p, "cannot remove the stale file"))?;
+        }
+    }
+    let images = sealed
+        .into_iter()
+        .map(|mut s| {
+            let image = s.files.remove(0);
+            BuiltImage {
+                arch: s.arch,
+                path: image.path,
+                size: image.size,
+                sha256: image.sha256,
+                format: s.format,
+                root_hash: s.root_hash,
+                signer: s.signer,
+                sidecars: s.files,
+            }
+        })
+        .collect();
 
     Ok(BuildReport {
         name: recipe.name.clone(),
@@ -196,34 +243,15 @@ pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport,
         source_date_epoch: opts.source_date_epoch,
         images,
         sha256sums: sums_path,
+        format: plan.format,
+        unsigned: plan.unsigned,
     })
 }
 
-fn remove_all(images: &[BuiltImage]) {
-    for i in images {
-        let _ = fs::remove_file(&i.path);
+fn remove_all(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = fs::remove_file(p);
     }
-}
-
-/// fsyncs and re-reads a finished file: size and SHA-256; sets its mode.
-fn finish_file(file: &mut File, path: &Path) -> Result<(u64, Sha256Digest), BuildError> {
-    file.set_permissions(fs::Permissions::from_mode(OUTPUT_MODE))
-        .map_err(io(path, "cannot set permissions"))?;
-    file.sync_all().map_err(io(path, "cannot fsync"))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(io(path, "cannot seek"))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(io(path, "cannot read back"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, Sha256Digest::from_bytes(hasher.finalize().into())))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BuildError> {
@@ -237,6 +265,16 @@ fn sync_dir(dir: &Path) -> Result<(), BuildError> {
 pub fn update_sha256sums(
     path: &Path,
     entries: &[(String, Sha256Digest)],
+) -> Result<(), BuildError> {
+    update_sha256sums_removing(path, entries, &[])
+}
+
+/// [`update_sha256sums`] that also drops the lines for the file names in
+/// `remove`.
+pub fn update_sha256sums_removing(
+    path: &Path,
+    entries: &[(String, Sha256Digest)],
+    remove: &[String],
 ) -> Result<(), BuildError> {
     let mut lines: BTreeMap<String, String> = BTreeMap::new();
     match fs::read_to_string(path) {
@@ -260,6 +298,9 @@ pub fn update_sha256sums(
                 err,
             })
         }
+    }
+    for name in remove {
+        lines.remove(name);
     }
     for (name, digest) in entries {
         lines.insert(name.clone(), format!("{digest}  {name}"));

@@ -2,7 +2,9 @@
 //! image writing, and the operations the `bakery` CLI drives.
 
 pub mod build;
+pub mod keygen;
 pub mod recipe;
+pub mod seal;
 pub mod release;
 pub mod squashfs;
 pub mod stage;

@@ -867,7 +867,7 @@ impl Unpacker<'_> {
             }
         } else {
             // Resolve lexically from the link's directory in the staging root.
-            let mut depth: Vec<&[u8]> = rel.0[..rel.0.len() - 1]
+            let mut depth: Vec<&[u8]> = rel.0[..rel.0.len().saturating_sub(1)]
                 .iter()
                 .map(|c| c.as_slice())
                 .collect();

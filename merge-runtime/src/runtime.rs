@@ -900,6 +900,9 @@ fn apply(opts: &Options, mode: Mode) -> Result<MergeReport, Error> {
     })?;
     let root =
         Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
+    // Shared with `sysext update` (H8): serialises with updates; taken first.
+    let _update_lock =
+        crate::update::lock::acquire(&opts.root).map_err(io_ctx("taking the sysext lock"))?;
     let _lock = RunLock::acquire(&opts.run_dir)?;
     let policy = verify::load_policy(&root, opts.policy)?;
     let disc = discover(&root).map_err(io_ctx("discovering extension images"))?;
@@ -1142,6 +1145,9 @@ pub fn unmerge(opts: &Options) -> Result<UnmergeReport, Error> {
     require_root("unmerge")?;
     let root =
         Root::open(&opts.root).map_err(io_ctx(format!("opening root {}", opts.root.display())))?;
+    // Shared with `sysext update` (H8): serialises with updates; taken first.
+    let _update_lock =
+        crate::update::lock::acquire(&opts.root).map_err(io_ctx("taking the sysext lock"))?;
     let _lock = RunLock::acquire(&opts.run_dir)?;
     let current = current_state(&root, &opts.hierarchies)?;
     let mut reload = false;

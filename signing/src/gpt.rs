@@ -255,9 +255,9 @@ fn parse_header(h: &[u8], which: &str, total_sectors: u64) -> Result<Header, Gpt
             hd.entry_count
         )));
     }
-    if hd.entry_size < 128 || !hd.entry_size.is_power_of_two() {
+    if !(128..=4096).contains(&hd.entry_size) || !hd.entry_size.is_power_of_two() {
         return Err(bad(format!(
-            "partition entry size {} is not 128 × 2^n",
+            "partition entry size {} is not one of 128, 256, …, 4096",
             hd.entry_size
         )));
     }

@@ -96,7 +96,7 @@ pub struct RequestLog {
     pub query: Option<String>,
     pub range: Option<String>,
     pub authorization: Option<String>,
-    /// The status answered (0 for a dropped connection).
+    /// The status answered (0 for a dropped connection or a stall).
     pub status: u16,
 }
 
@@ -483,6 +483,7 @@ fn serve_request(
         Next::Close
     };
     let mut truncate_at = None;
+    let mut logged = false;
     match failure {
         Some(Failure::Reset) => {
             lock(&state.log).push(log);
@@ -497,13 +498,21 @@ fn serve_request(
             out.write_all(body.as_bytes())?;
             return Ok(after);
         }
-        Some(Failure::Stall(d)) => std::thread::sleep(d),
+        Some(Failure::Stall(d)) => {
+            // Logged now (status 0: not answered in time); the late answer
+            // is not logged again.
+            lock(&state.log).push(log.clone());
+            logged = true;
+            std::thread::sleep(d);
+        }
         Some(Failure::Truncate(n)) => truncate_at = Some(n),
         None => {}
     }
     let resp = respond(state, req);
     log.status = resp.status;
-    lock(&state.log).push(log);
+    if !logged {
+        lock(&state.log).push(log);
+    }
     write_head(
         out,
         resp.status,

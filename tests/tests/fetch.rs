@@ -558,3 +558,45 @@ async fn github_releases_paginate_drop_prereleases_and_respect_mirrors() {
         .iter()
         .all(|r| r.authorization.as_deref() == Some("Bearer ghp_test_token")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_response_times_out_and_is_retried() {
+    let up = Upstream::start();
+    let bytes = payload(8_000, 10);
+    up.insert("/slow/file", bytes.clone());
+    up.fail_next(
+        Some("/slow/file"),
+        Failure::Stall(Duration::from_secs(3)),
+        1,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (sink, events) = recorder();
+    let f = fetcher(
+        cache.path(),
+        FetchOptions {
+            read_timeout: Duration::from_millis(300),
+            ..quick_options()
+        },
+    )
+    .with_progress(sink);
+    let got = f
+        .fetch(&FetchRequest::pinned(&up.url("/slow/file"), digest_of(&bytes)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(got.size, 8_000);
+    assert_eq!(up.requests_for("/slow/file").len(), 2);
+    let reasons: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Retrying { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("timed out") || reasons[0].contains("no data"),
+        "{reasons:?}"
+    );
+}

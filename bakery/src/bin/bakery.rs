@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sysupdate::Arch;
 
 use bakery::build::{BuildOptions, BuildReport};
+use bakery::seal::{KeyArgs, SealFormat, SealOptions};
 use bakery::squashfs::{Compression, SquashfsOptions};
 use bakery::stage::SourceDateEpoch;
 
@@ -23,11 +24,16 @@ target OS and architectures, units to start) and an optional files/ tree
 with the usr/ and opt/ content of the extension. bakery stages it
 (normalised owners, modes and times; generated extension-release and
 Upholds= drop-ins), lints it, and writes reproducible squashfs images that
-systemd-sysext merges.";
+systemd-sysext merges, sealed with dm-verity and a root-hash signature
+(a Discoverable Disk Image) when a signing key is given.
+
+'bakery keygen' makes the keys: an X.509 certificate and RSA key that sign
+images, and an OpenPGP key that signs feed manifests.";
 
 const EXAMPLES: &str = "\
 Examples:
-  bakery build examples/hello
+  bakery keygen --out keys
+  bakery build examples/hello --key keys/signing.key
   bakery build examples/hello --arch x86-64 --output /srv/feed/hello
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) bakery build recipes/wasmtime
 
@@ -48,21 +54,43 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands. New ones (keygen, publish, versions, lock, list) are
+/// The subcommands. New ones (publish, versions, lock, list) are
 /// added here as variants with their own `Args` struct.
 #[derive(Subcommand)]
 enum Command {
     Build(BuildArgs),
+    Keygen(KeygenArgs),
 }
 
 const BUILD_LONG_ABOUT: &str = "\
 Build a recipe into sysext images, one per architecture.
 
 Writes NAME-VERSION-ARCH.raw for each architecture into the output
-directory and adds or replaces its line in DIR/SHA256SUMS (other lines are
-kept). Every file appears atomically: images are written to temporary files
-next to their final names and renamed only when all of them are complete.
-On any error no new file is left behind.
+directory and adds or replaces the lines of every file it wrote in
+DIR/SHA256SUMS (other lines are kept). Every file appears atomically: all
+outputs are written and sealed in a hidden staging directory inside the
+output directory and renamed into place only when all of them are
+complete. On any error no new file is left behind.
+
+Sealing (--format):
+  ddi      one GPT disk image per architecture: the filesystem (root-ARCH),
+           its dm-verity hash tree (root-ARCH-verity) and, with a key, the
+           root-hash signature (root-ARCH-verity-sig). The default when a
+           signing key is given. Without a key the DDI is verity-only.
+  sidecar  the bare filesystem as NAME-VERSION-ARCH.raw with .verity,
+           .roothash and, with a key, .roothash.p7s beside it.
+  bare     the filesystem alone, no verity, no signature. The default
+           without a key; the output then says 'unsigned: ...'.
+The verity salt and UUID are derived from the filesystem's sha256, and RSA
+signatures are deterministic, so the same recipe and key give the same
+bytes.
+
+The signing key is a PEM private key (--key or BAKERY_SIGNING_KEY, a path
+or the PEM text) with its X.509 certificate (--cert or
+BAKERY_SIGNING_CERT; default: the key's path with the extension .crt).
+The certificate must belong to the key. An encrypted key needs its
+passphrase (--passphrase-file or BAKERY_SIGNING_KEY_PASSPHRASE). Private
+keys are never printed.
 
 The recipe is checked first: unknown keys, bad names or architectures,
 files outside usr/ and opt/, usr/sbin, device nodes and escaping symlinks
@@ -82,8 +110,17 @@ Examples:
   Stamp the image with the time of the last commit:
     SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) bakery build examples/hello
 
+  Build signed DDIs with a key made by 'bakery keygen --out keys':
+    bakery build examples/hello --key keys/signing.key
+
+  Signed sidecar form, key from the environment:
+    BAKERY_SIGNING_KEY=keys/signing.key bakery build examples/hello --format sidecar
+
 Environment:
-  SOURCE_DATE_EPOCH  mtime of every inode (default 0)";
+  SOURCE_DATE_EPOCH              mtime of every inode (default 0)
+  BAKERY_SIGNING_KEY             signing key: path or PEM text (--key wins)
+  BAKERY_SIGNING_CERT            its certificate: path or PEM text
+  BAKERY_SIGNING_KEY_PASSPHRASE  passphrase of an encrypted key";
 
 #[derive(Args)]
 #[command(
@@ -117,6 +154,84 @@ struct BuildArgs {
     /// Compression threads; 0 uses every core. Does not change the output.
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
+
+    /// How to seal the images: ddi, sidecar or bare. Default: ddi when a
+    /// signing key is given, else bare.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<FormatArg>,
+
+    /// PEM private key that signs the verity root hash (a path or the PEM
+    /// text; default: $BAKERY_SIGNING_KEY).
+    #[arg(long, value_name = "PATH")]
+    key: Option<std::ffi::OsString>,
+
+    /// PEM certificate of the key (default: $BAKERY_SIGNING_CERT when the
+    /// key comes from the environment, else the key's path with .crt).
+    #[arg(long, value_name = "PATH")]
+    cert: Option<std::ffi::OsString>,
+
+    /// File whose first line is the passphrase of an encrypted key
+    /// (default: $BAKERY_SIGNING_KEY_PASSPHRASE).
+    #[arg(long, value_name = "PATH")]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// GPT disk image: filesystem, verity tree, signature partition.
+    Ddi,
+    /// Bare filesystem with .verity, .roothash and .roothash.p7s files.
+    Sidecar,
+    /// The filesystem alone: no verity, no signature.
+    Bare,
+}
+
+impl From<FormatArg> for SealFormat {
+    fn from(f: FormatArg) -> SealFormat {
+        match f {
+            FormatArg::Ddi => SealFormat::Ddi,
+            FormatArg::Sidecar => SealFormat::Sidecar,
+            FormatArg::Bare => SealFormat::Bare,
+        }
+    }
+}
+
+const KEYGEN_LONG_ABOUT: &str = "\
+Make the keys a publisher needs, in one directory:
+
+  signing.key         RSA-4096 private key (mode 0600) that signs verity
+                      root hashes: pass it to 'bakery build --key'
+  signing.crt         its self-signed X.509 certificate: install it on
+                      nodes as /etc/verity.d/NAME.crt
+  openpgp.key         OpenPGP (Ed25519) private key (mode 0600) that signs
+                      feed manifests (SHA256SUMS.gpg): 'bakery publish
+                      --pgp-key'
+  import-pubring.gpg  its public keyring: install it on nodes as
+                      /etc/systemd/import-pubring.gpg
+
+The directory is created (mode 0700) if missing. Existing keys are never
+overwritten, and either all four files are written or none. Private keys
+are never printed; keep them out of version control.";
+
+const KEYGEN_EXAMPLES: &str = "\
+Examples:
+  bakery keygen --out keys
+  bakery keygen --out /secure/feed-keys --name 'Example Corp sysext images'";
+
+#[derive(Args)]
+#[command(
+    about = "Make an image-signing key and certificate and a manifest-signing OpenPGP key",
+    long_about = KEYGEN_LONG_ABOUT,
+    after_help = KEYGEN_EXAMPLES
+)]
+struct KeygenArgs {
+    /// Directory to write the keys into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Common name of the certificate and OpenPGP user ID.
+    #[arg(long, value_name = "CN", default_value = bakery::keygen::DEFAULT_NAME)]
+    name: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +257,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(args) => build(args),
+        Command::Keygen(args) => keygen(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,6 +270,14 @@ fn main() -> ExitCode {
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
     let source_date_epoch = SourceDateEpoch::from_env()?;
+    // The key is loaded and checked before anything is built or written.
+    let key = KeyArgs {
+        key: args.key,
+        cert: args.cert,
+        passphrase_file: args.passphrase_file,
+    }
+    .load()
+    .context("cannot load the signing key")?;
     let opts = BuildOptions {
         arches: args.arches,
         output_dir: args.output,
@@ -164,6 +288,10 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             ..SquashfsOptions::default()
         },
         source_date_epoch,
+        seal: SealOptions {
+            format: args.format.map(Into::into),
+            key: key.map(std::sync::Arc::new),
+        },
     };
     let report = bakery::build::build(&args.recipe, &opts)
         .with_context(|| format!("cannot build {}", args.recipe.display()))?;
@@ -176,19 +304,69 @@ fn print_report(r: &BuildReport) {
         "built {} {} ({}, SOURCE_DATE_EPOCH={})",
         r.name, r.version, r.compression, r.source_date_epoch
     );
+    let signed = r.images.iter().all(|i| i.is_signed());
+    println!(
+        "sealed as {}{}",
+        r.format,
+        if signed { ", signed" } else { ", unsigned" }
+    );
+    let files = |i: &bakery::build::BuiltImage| {
+        std::iter::once((i.path.clone(), i.size, i.sha256))
+            .chain(i.sidecars.iter().map(|f| (f.path.clone(), f.size, f.sha256)))
+            .collect::<Vec<_>>()
+    };
     let width = r
         .images
         .iter()
-        .map(|i| i.path.display().to_string().len())
+        .flat_map(files)
+        .map(|(p, ..)| p.display().to_string().len())
         .max()
         .unwrap_or(0);
     for i in &r.images {
-        println!(
-            "  {:<width$}  {:>12} bytes  sha256 {}",
-            i.path.display().to_string(),
-            i.size,
-            i.sha256
-        );
+        for (path, size, sha256) in files(i) {
+            println!(
+                "  {:<width$}  {:>12} bytes  sha256 {}",
+                path.display().to_string(),
+                size,
+                sha256
+            );
+        }
+        if let Some(root) = &i.root_hash {
+            println!("    {} verity root hash {root}", i.arch);
+        }
+        if let Some(fp) = &i.signer {
+            println!("    {} signed by certificate sha256 {fp}", i.arch);
+        }
     }
     println!("  {} updated", r.sha256sums.display());
+    if let Some(why) = &r.unsigned {
+        println!("{why}");
+    }
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let g = bakery::keygen::keygen(&args.out, &args.name)
+        .with_context(|| format!("cannot make keys in {}", args.out.display()))?;
+    println!("wrote keys to {}", args.out.display());
+    println!(
+        "  {}  private image-signing key (0600): bakery build --key {}",
+        g.signing_key.display(),
+        g.signing_key.display()
+    );
+    println!(
+        "  {}  certificate, sha256 {}: install on nodes as /etc/verity.d/NAME.crt",
+        g.certificate.display(),
+        g.certificate_fingerprint
+    );
+    println!(
+        "  {}  private manifest-signing OpenPGP key (0600), fingerprint {}",
+        g.openpgp_key.display(),
+        g.openpgp_fingerprint
+    );
+    println!(
+        "  {}  public keyring: install on nodes as /etc/systemd/import-pubring.gpg",
+        g.pubring.display()
+    );
+    println!("Keep the private keys secret and out of version control.");
+    Ok(())
 }

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use merge_runtime::runtime::{self, Action, Options, Outcome, Swap};
 use merge_runtime::verify::{BackendChoice, Policy, PolicySource};
 
+mod update_cli;
+
 #[derive(Parser)]
 #[command(
     name = "sysext",
@@ -66,6 +68,9 @@ enum Command {
         /// The image: a DDI, or a bare image with .roothash/.verity sidecars.
         image: PathBuf,
     },
+    // `update`, `pending`, `rollback` (H8).
+    #[command(flatten)]
+    Update(update_cli::UpdateCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -128,6 +133,9 @@ fn run(cli: Cli) -> Result<()> {
     let json = cli.json.filter(|m| *m != JsonMode::Off);
     let legend = !cli.no_legend;
     match cli.command.unwrap_or(Command::Status) {
+        Command::Update(cmd) => {
+            return update_cli::run(cmd, opts, json.map(|m| m == JsonMode::Pretty))
+        }
         Command::Status => {
             let r = runtime::status(&opts).context("status")?;
             if let Some(m) = json {

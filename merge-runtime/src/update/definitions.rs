@@ -37,7 +37,9 @@ pub enum DefinitionError {
     Io { path: PathBuf, source: io::Error },
     #[error("invalid component name {0:?}: use the NAME of /etc/sysupdate.NAME.d (no '/', not starting with '.')")]
     BadName(String),
-    #[error("no transfer definitions for component {name}: looked for *.transfer and *.conf in {dirs}")]
+    #[error(
+        "no transfer definitions for component {name}: looked for *.transfer and *.conf in {dirs}"
+    )]
     NotFound { name: String, dirs: String },
     #[error(transparent)]
     Transfer(#[from] sysupdate::transfer::TransferError),
@@ -137,7 +139,10 @@ fn is_masked(p: &Path) -> bool {
 }
 
 /// The definition files of a component: (file name → path), per suffix.
-fn collect(root: &Root, dirs: &[String]) -> Result<[BTreeMap<String, PathBuf>; 2], DefinitionError> {
+fn collect(
+    root: &Root,
+    dirs: &[String],
+) -> Result<[BTreeMap<String, PathBuf>; 2], DefinitionError> {
     let mut by_suffix: [BTreeMap<String, PathBuf>; 2] = Default::default();
     for d in dirs {
         let dir = match root.resolve(d) {
@@ -214,10 +219,8 @@ pub fn specifier_context(root: &Root) -> SpecifierContext {
     }
     let uts = rustix::system::uname();
     let host = uts.nodename().to_string_lossy().into_owned();
-    ctx.values.insert(
-        'l',
-        host.split('.').next().unwrap_or(&host).to_string(),
-    );
+    ctx.values
+        .insert('l', host.split('.').next().unwrap_or(&host).to_string());
     ctx.values.insert('H', host);
     ctx.values
         .insert('v', uts.release().to_string_lossy().into_owned());
@@ -278,7 +281,11 @@ pub fn load(
 }
 
 /// Makes one parsed transfer concrete, refusing what we do not handle.
-pub fn resolve(file: &Path, t: &Transfer, ctx: &SpecifierContext) -> Result<Resolved, DefinitionError> {
+pub fn resolve(
+    file: &Path,
+    t: &Transfer,
+    ctx: &SpecifierContext,
+) -> Result<Resolved, DefinitionError> {
     let invalid = |msg: String| DefinitionError::Invalid {
         file: file.to_path_buf(),
         msg,
@@ -296,7 +303,10 @@ pub fn resolve(file: &Path, t: &Transfer, ctx: &SpecifierContext) -> Result<Reso
             t.target.kind.map(|k| k.as_str()).unwrap_or("?")
         )));
     }
-    if t.target.path_relative_to.is_some_and(|r| r != sysupdate::transfer::PathRelativeTo::Root) {
+    if t.target
+        .path_relative_to
+        .is_some_and(|r| r != sysupdate::transfer::PathRelativeTo::Root)
+    {
         return Err(invalid(
             "[Target] PathRelativeTo= other than root is not supported by sysext update".into(),
         ));
@@ -339,7 +349,9 @@ pub fn resolve(file: &Path, t: &Transfer, ctx: &SpecifierContext) -> Result<Reso
                 format!("{}/{l}", target_path.trim_end_matches('/'))
             };
             if abs.split('/').any(|c| c == "..") {
-                return Err(invalid(format!("CurrentSymlink={abs}: must not contain ..")));
+                return Err(invalid(format!(
+                    "CurrentSymlink={abs}: must not contain .."
+                )));
             }
             Some(abs)
         }
@@ -363,7 +375,11 @@ pub fn resolve(file: &Path, t: &Transfer, ctx: &SpecifierContext) -> Result<Reso
         target_path,
         target_patterns,
         current_symlink,
-        instances_max: t.target.instances_max.unwrap_or(DEFAULT_INSTANCES_MAX).max(2),
+        instances_max: t
+            .target
+            .instances_max
+            .unwrap_or(DEFAULT_INSTANCES_MAX)
+            .max(2),
         mode,
         min_version: t.transfer.min_version.clone(),
         protect_versions,
@@ -395,14 +411,20 @@ mod tests {
         assert_eq!(c.transfers.len(), 1);
         assert!(c.warnings[0].contains(".conf"), "{:?}", c.warnings);
         // A .transfer anywhere wins over .conf files.
-        w("usr/lib/sysupdate.k.d/k.transfer", &T.replace("/k/", "/lib/"));
+        w(
+            "usr/lib/sysupdate.k.d/k.transfer",
+            &T.replace("/k/", "/lib/"),
+        );
         w("etc/sysupdate.k.d/k.transfer", &T.replace("/k/", "/etc/"));
         let c = load(&root, "k", None, &ctx).unwrap();
         assert!(c.warnings.is_empty());
         assert_eq!(c.transfers.len(), 1);
         assert_eq!(c.transfers[0].source_url, "http://127.0.0.1:1/etc/");
         let arch = Arch::native().unwrap();
-        assert_eq!(c.transfers[0].source_patterns[0].as_str(), format!("k-@v-{arch}.raw"));
+        assert_eq!(
+            c.transfers[0].source_patterns[0].as_str(),
+            format!("k-@v-{arch}.raw")
+        );
         assert_eq!(c.transfers[0].mode, 0o444);
         assert_eq!(c.transfers[0].instances_max, 2);
         // Masked by an empty file in /etc: the /usr/lib one is hidden too.
@@ -416,10 +438,22 @@ mod tests {
     fn refuses_what_it_cannot_do() {
         let ctx = SpecifierContext::for_arch(Arch::X86_64);
         let f = Path::new("/etc/sysupdate.k.d/k.transfer");
-        let t = Transfer::parse(&T.replace("Type=url-file", "Type=url-tar").replace("Type=regular-file", "Type=directory"), f).unwrap();
+        let t = Transfer::parse(
+            &T.replace("Type=url-file", "Type=url-tar")
+                .replace("Type=regular-file", "Type=directory"),
+            f,
+        )
+        .unwrap();
         let e = resolve(f, &t, &ctx).unwrap_err().to_string();
-        assert!(e.contains("url-tar") && e.contains("systemd-sysupdate"), "{e}");
-        let t = Transfer::parse(&T.replace("MatchPattern=k-@v-%a.raw", "MatchPattern=k-@v-%w.raw"), f).unwrap();
+        assert!(
+            e.contains("url-tar") && e.contains("systemd-sysupdate"),
+            "{e}"
+        );
+        let t = Transfer::parse(
+            &T.replace("MatchPattern=k-@v-%a.raw", "MatchPattern=k-@v-%w.raw"),
+            f,
+        )
+        .unwrap();
         let e = resolve(f, &t, &ctx).unwrap_err().to_string();
         assert!(e.contains("k.transfer") && e.contains("%w"), "{e}");
     }

@@ -39,7 +39,9 @@ pub enum FeedError {
     Http { url: String, msg: String },
     #[error("{url}: the server answered {status}")]
     Status { url: String, status: u16 },
-    #[error("{url}: not found on the server (HTTP 404); the feed may have changed — try again later")]
+    #[error(
+        "{url}: not found on the server (HTTP 404); the feed may have changed — try again later"
+    )]
     NotFound { url: String },
     #[error("{url}: larger than {limit} bytes; this is not a manifest or signature")]
     TooLarge { url: String, limit: u64 },
@@ -53,7 +55,9 @@ pub enum FeedError {
     },
     #[error("{url}: the manifest signature is missing ({sig_url} and .asc not found); refusing an unsigned manifest (Verify=no would accept it, not recommended)")]
     NoSignature { url: String, sig_url: String },
-    #[error("{url}: the signature does not verify against {keyring}: {detail}; refusing the manifest")]
+    #[error(
+        "{url}: the signature does not verify against {keyring}: {detail}; refusing the manifest"
+    )]
     BadSignature {
         url: String,
         keyring: PathBuf,
@@ -108,6 +112,8 @@ struct Body {
     reader: Box<dyn Read>,
     /// Offset in the file of the first byte.
     start: u64,
+    /// Size of the whole file, when the server says.
+    total: Option<u64>,
 }
 
 enum Opened {
@@ -158,7 +164,11 @@ impl Feed {
     fn client(&mut self, url: &str) -> Result<&reqwest::blocking::Client, FeedError> {
         if self.client.is_none() {
             let c = reqwest::blocking::Client::builder()
-                .user_agent(concat!("sysext-forge/", env!("CARGO_PKG_VERSION"), " (sysext update)"))
+                .user_agent(concat!(
+                    "sysext-forge/",
+                    env!("CARGO_PKG_VERSION"),
+                    " (sysext update)"
+                ))
                 .connect_timeout(Duration::from_secs(30))
                 // Per read/write operation, not the whole transfer.
                 .timeout(Duration::from_secs(120))
@@ -188,6 +198,7 @@ impl Feed {
             return Ok(Opened::Body(Body {
                 reader: Box::new(f),
                 start: offset,
+                total: Some(len),
             }));
         }
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -206,6 +217,7 @@ impl Feed {
         let status = resp.status().as_u16();
         match status {
             200 => Ok(Opened::Body(Body {
+                total: resp.content_length(),
                 reader: Box::new(resp),
                 start: 0,
             })),
@@ -219,6 +231,7 @@ impl Feed {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 match start {
                     Some(s) if s == offset => Ok(Opened::Body(Body {
+                        total: resp.content_length().map(|l| l + s),
                         reader: Box::new(resp),
                         start: s,
                     })),
@@ -302,10 +315,11 @@ impl Feed {
             signer = Some(v.primary_fingerprint);
             keyring = Some(kr_path);
         }
-        let manifest = Manifest::parse_named(&sums, &url).map_err(|source| FeedError::Manifest {
-            url: url.clone(),
-            source,
-        })?;
+        let manifest =
+            Manifest::parse_named(&sums, &url).map_err(|source| FeedError::Manifest {
+                url: url.clone(),
+                source,
+            })?;
         if let Some(b) = manifest.best_before() {
             if manifest.is_expired(today) {
                 return Err(FeedError::Expired {
@@ -347,11 +361,7 @@ impl Feed {
         let mut fresh_attempt_done = false;
         loop {
             let existing = f.metadata().map_err(io_err(partial))?.len();
-            let r = self.download_once(url, &mut f, partial, existing, progress);
-            let (got, done) = match r {
-                Ok(x) => x,
-                Err(e) => return Err(e),
-            };
+            let (got, done) = self.download_once(url, &mut f, partial, existing, progress)?;
             if got == *expected {
                 f.sync_all().map_err(io_err(partial))?;
                 return Ok(done);
@@ -384,7 +394,11 @@ impl Feed {
         let opened = self.open(url, existing)?;
         let mut hasher = Sha256::new();
         let mut body = match opened {
-            Opened::NotFound => return Err(FeedError::NotFound { url: url.to_string() }),
+            Opened::NotFound => {
+                return Err(FeedError::NotFound {
+                    url: url.to_string(),
+                })
+            }
             Opened::RangeNotSatisfiable => {
                 // The partial file is complete (or longer than the file).
                 hash_prefix(f, partial, existing, &mut hasher)?;
@@ -405,11 +419,13 @@ impl Feed {
         } else {
             hash_prefix(f, partial, body.start, &mut hasher)?;
         }
-        f.seek(SeekFrom::Start(body.start)).map_err(io_err(partial))?;
+        f.seek(SeekFrom::Start(body.start))
+            .map_err(io_err(partial))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut done = body.start;
         let mut last_report = 0u64;
-        progress(Progress { done, total: None });
+        let total = body.total;
+        progress(Progress { done, total });
         loop {
             let n = match body.reader.read(&mut buf) {
                 Ok(0) => break,
@@ -419,8 +435,8 @@ impl Feed {
                     return Err(FeedError::Http {
                         url: url.to_string(),
                         msg: format!(
-                            "the download broke off after {done} bytes: {e} (the next run resumes it)"
-                        ),
+                        "the download broke off after {done} bytes: {e} (the next run resumes it)"
+                    ),
                     })
                 }
             };
@@ -429,10 +445,13 @@ impl Feed {
             done += n as u64;
             if done - last_report >= 1 << 20 {
                 last_report = done;
-                progress(Progress { done, total: None });
+                progress(Progress { done, total });
             }
         }
-        progress(Progress { done, total: Some(done) });
+        progress(Progress {
+            done,
+            total: Some(done),
+        });
         let got = Sha256Digest::from_bytes(hasher.finalize().into());
         Ok((
             got,
@@ -539,7 +558,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(file_url("http://h/k", "SHA256SUMS"), "http://h/k/SHA256SUMS");
+        assert_eq!(
+            file_url("http://h/k", "SHA256SUMS"),
+            "http://h/k/SHA256SUMS"
+        );
         assert_eq!(
             file_url("http://h/k/", "k3s-v1.30.4+k3s1-x86-64.raw"),
             "http://h/k/k3s-v1.30.4+k3s1-x86-64.raw"
@@ -574,7 +596,9 @@ mod tests {
         // Wrong digest: refused and deleted.
         std::fs::remove_file(&partial).unwrap();
         let bad = Sha256Digest::from_bytes([1; 32]);
-        let e = feed.download(&url, &partial, &bad, &mut |_| {}).unwrap_err();
+        let e = feed
+            .download(&url, &partial, &bad, &mut |_| {})
+            .unwrap_err();
         assert!(e.to_string().contains("sha256 mismatch"), "{e}");
         assert!(!partial.exists());
     }

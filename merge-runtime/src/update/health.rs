@@ -67,7 +67,10 @@ pub fn run(check: &Check, env: &[(&str, String)], timeout: Duration) -> Result<(
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("check command `{command}` {}", describe_status(status)))
+                Err(format!(
+                    "check command `{command}` {}",
+                    describe_status(status)
+                ))
             }
         }
         Check::Unit { unit } => {
@@ -84,7 +87,9 @@ pub fn run(check: &Check, env: &[(&str, String)], timeout: Duration) -> Result<(
             failed.args(["is-failed", "--quiet", "--"]).arg(unit);
             let status = run_one(failed, env, deadline, timeout)?;
             if status.success() {
-                return Err(format!("unit {unit} is in the failed state after the restart"));
+                return Err(format!(
+                    "unit {unit} is in the failed state after the restart"
+                ));
             }
             Ok(())
         }
@@ -118,9 +123,7 @@ fn run_one(
         cmd.env(k, v);
     }
     let what = format!("{:?}", cmd.get_program());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Ok(status),
@@ -151,8 +154,18 @@ mod tests {
         let ok = Check::Command {
             command: "test \"$SYSEXT_VERSION\" = 2".into(),
         };
-        run(&ok, &[("SYSEXT_VERSION", "2".into())], Duration::from_secs(5)).unwrap();
-        let e = run(&ok, &[("SYSEXT_VERSION", "1".into())], Duration::from_secs(5)).unwrap_err();
+        run(
+            &ok,
+            &[("SYSEXT_VERSION", "2".into())],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let e = run(
+            &ok,
+            &[("SYSEXT_VERSION", "1".into())],
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
         assert!(e.contains("exited with status 1"), "{e}");
         let slow = Check::Command {
             command: "sleep 30 & sleep 30".into(),

@@ -83,10 +83,17 @@ pub fn acquire_main(root: &Path, waiting: &mut dyn FnMut(&Path)) -> io::Result<L
 }
 
 fn acquire_named(root_dir: &Path, name: &str, waiting: &mut dyn FnMut(&Path)) -> io::Result<Lock> {
-    let root = Root::open(root_dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("opening root {}: {e}", root_dir.display())))?;
+    let root = Root::open(root_dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("opening root {}: {e}", root_dir.display()),
+        )
+    })?;
     let dir = root.resolve_nonexistent(LOCK_DIR).map_err(|e| {
-        io::Error::new(e.kind(), format!("resolving {}: {e}", root.join(LOCK_DIR).display()))
+        io::Error::new(
+            e.kind(),
+            format!("resolving {}: {e}", root.join(LOCK_DIR).display()),
+        )
     })?;
     root::mkdir_p(&dir, 0o755)
         .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
@@ -154,9 +161,15 @@ mod tests {
             tx.send(waited).unwrap();
         });
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(rx.try_recv().is_err(), "the second thread got the lock while it was held");
+        assert!(
+            rx.try_recv().is_err(),
+            "the second thread got the lock while it was held"
+        );
         drop(outer);
-        assert!(rx.recv().unwrap(), "the second thread was told it had to wait");
+        assert!(
+            rx.recv().unwrap(),
+            "the second thread was told it had to wait"
+        );
         h.join().unwrap();
         assert!(root.join("run/sysext/lock").is_file());
     }

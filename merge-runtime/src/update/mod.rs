@@ -126,10 +126,21 @@ impl UpdateOptions {
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     /// Another process holds a lock; waiting for it.
-    LockWait { path: PathBuf },
-    Component { component: String },
-    Warning { component: String, message: String },
-    Recovering { component: String, version: String, action: String },
+    LockWait {
+        path: PathBuf,
+    },
+    Component {
+        component: String,
+    },
+    Warning {
+        component: String,
+        message: String,
+    },
+    Recovering {
+        component: String,
+        version: String,
+        action: String,
+    },
     Manifest {
         component: String,
         url: String,
@@ -142,14 +153,22 @@ pub enum Event {
         newest: Option<String>,
         action: String,
     },
-    Vacuumed { component: String, removed: Vec<PathBuf> },
+    Vacuumed {
+        component: String,
+        removed: Vec<PathBuf>,
+    },
     DownloadStart {
         component: String,
         url: String,
         file: PathBuf,
         resume_from: u64,
     },
-    DownloadProgress { component: String, file: String, bytes: u64 },
+    DownloadProgress {
+        component: String,
+        file: String,
+        bytes: u64,
+        total: Option<u64>,
+    },
     DownloadDone {
         component: String,
         file: String,
@@ -157,7 +176,10 @@ pub enum Event {
         transferred: u64,
     },
     /// The file was already installed with the right digest.
-    Reused { component: String, file: PathBuf },
+    Reused {
+        component: String,
+        file: PathBuf,
+    },
     ImageVerified {
         component: String,
         file: PathBuf,
@@ -165,24 +187,46 @@ pub enum Event {
         signer: Option<String>,
         verified_bytes: u64,
     },
-    Installed { component: String, file: PathBuf },
-    JournalWritten { component: String, version: String },
+    Installed {
+        component: String,
+        file: PathBuf,
+    },
+    JournalWritten {
+        component: String,
+        version: String,
+    },
     LinkFlipped {
         component: String,
         link: String,
         target: Option<String>,
     },
-    RefreshStart { component: String },
-    RefreshDone { component: String, action: String },
-    CheckStart { component: String, check: String },
-    CheckPassed { component: String },
-    CheckFailed { component: String, reason: String },
+    RefreshStart {
+        component: String,
+    },
+    RefreshDone {
+        component: String,
+        action: String,
+    },
+    CheckStart {
+        component: String,
+        check: String,
+    },
+    CheckPassed {
+        component: String,
+    },
+    CheckFailed {
+        component: String,
+        reason: String,
+    },
     RollingBack {
         component: String,
         version: String,
         reason: String,
     },
-    Done { component: String, outcome: Outcome },
+    Done {
+        component: String,
+        outcome: Outcome,
+    },
 }
 
 /// The result for one component.
@@ -348,10 +392,7 @@ fn require_root(what: &'static str) -> Result<(), Error> {
     }
 }
 
-fn open_ctx<'a>(
-    opts: &'a UpdateOptions,
-    obs: &'a mut dyn FnMut(&Event),
-) -> Result<Ctx<'a>, Error> {
+fn open_ctx<'a>(opts: &'a UpdateOptions, obs: &'a mut dyn FnMut(&Event)) -> Result<Ctx<'a>, Error> {
     let root = Root::open(&opts.runtime.root).map_err(io_ctx(format!(
         "opening root {}",
         opts.runtime.root.display()
@@ -606,7 +647,12 @@ fn update_component(ctx: &mut Ctx, name: &str, dry_run: bool) -> ComponentReport
     if common.is_empty() {
         let pats: Vec<String> = targets
             .iter()
-            .flat_map(|t| t.transfer.source_patterns.iter().map(|p| p.as_str().to_string()))
+            .flat_map(|t| {
+                t.transfer
+                    .source_patterns
+                    .iter()
+                    .map(|p| p.as_str().to_string())
+            })
             .collect();
         return rep.end(
             Outcome::NothingAvailable,
@@ -731,7 +777,11 @@ fn install_and_activate(
         let cand = lists[idx]
             .iter()
             .find(|c| c.version.uapi_eq(version))
-            .ok_or_else(|| failed(format!("version {version} vanished from the candidate list")))?;
+            .ok_or_else(|| {
+                failed(format!(
+                    "version {version} vanished from the candidate list"
+                ))
+            })?;
         let final_name = t.final_name(cand).map_err(failed)?;
         let final_path = t.dir.join(&final_name);
         let partial = t.partial_path(&final_name);
@@ -784,15 +834,14 @@ fn install_and_activate(
         let file_label = final_name.clone();
         let comp_label = name.to_string();
         let obs = &mut *ctx.obs;
-        let r = ctx
-            .feed
-            .download(&url, &partial, &cand.digest, &mut |p| {
-                obs(&Event::DownloadProgress {
-                    component: comp_label.clone(),
-                    file: file_label.clone(),
-                    bytes: p.done,
-                })
-            });
+        let r = ctx.feed.download(&url, &partial, &cand.digest, &mut |p| {
+            obs(&Event::DownloadProgress {
+                component: comp_label.clone(),
+                file: file_label.clone(),
+                bytes: p.done,
+                total: p.total,
+            })
+        });
         let d = match r {
             Ok(d) => d,
             Err(e) => {
@@ -1070,7 +1119,13 @@ fn finish_activation(
                 component: name.to_string(),
                 reason: reason.clone(),
             });
-            return roll_back(ctx, name, targets, act, format!("health check failed: {reason}"));
+            return roll_back(
+                ctx,
+                name,
+                targets,
+                act,
+                format!("health check failed: {reason}"),
+            );
         }
         ctx.emit(Event::CheckPassed {
             component: name.to_string(),
@@ -1151,7 +1206,12 @@ fn finish_rollback(
 }
 
 /// Finishes an activation that a killed run left in the journal.
-fn recover(ctx: &mut Ctx, name: &str, targets: &[Target], act: Activation) -> Result<String, String> {
+fn recover(
+    ctx: &mut Ctx,
+    name: &str,
+    targets: &[Target],
+    act: Activation,
+) -> Result<String, String> {
     let v = act.version.to_string();
     let failed_before = ctx.state.component(name).is_failed(&act.version);
     let mut now = Vec::new();
@@ -1216,7 +1276,9 @@ pub fn rollback(
     obs: &mut dyn FnMut(&Event),
 ) -> Result<ComponentReport, Error> {
     if opts.refresh {
-        require_root("roll back (it refreshes the merged extensions; --no-refresh only flips the link)")?;
+        require_root(
+            "roll back (it refreshes the merged extensions; --no-refresh only flips the link)",
+        )?;
     }
     definitions::check_name(name)?;
     let mut ctx = open_ctx(opts, obs)?;
@@ -1268,7 +1330,10 @@ pub fn rollback(
                 link: link.path.clone(),
                 // "old" is where we go back to.
                 old: Some(link.text_for(&prev.path).map_err(|e| rb(e.to_string()))?),
-                new: link.read().map_err(|e| rb(e.to_string()))?.unwrap_or_default(),
+                new: link
+                    .read()
+                    .map_err(|e| rb(e.to_string()))?
+                    .unwrap_or_default(),
             });
             failing.get_or_insert(cur.version);
         }
@@ -1308,7 +1373,12 @@ pub fn rollback(
 /// The instance to roll back to: the recorded previous one if it is
 /// still installed and did not fail, else the newest older one that did
 /// not fail.
-fn previous_instance(ctx: &Ctx, c: &ComponentState, t: &Target, cur: &Instance) -> Option<Instance> {
+fn previous_instance(
+    ctx: &Ctx,
+    c: &ComponentState,
+    t: &Target,
+    cur: &Instance,
+) -> Option<Instance> {
     let all = t.instances().ok()?;
     let ok = |i: &Instance| i.path != cur.path && !c.is_failed(&i.version);
     if let Some(link) = &t.link {

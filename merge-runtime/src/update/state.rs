@@ -140,12 +140,11 @@ impl StateFile {
             })?;
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
-                let s: State =
-                    serde_json::from_slice(&bytes).map_err(|e| StateError::Parse {
-                        path: path.clone(),
-                        line: e.line(),
-                        msg: e.to_string(),
-                    })?;
+                let s: State = serde_json::from_slice(&bytes).map_err(|e| StateError::Parse {
+                    path: path.clone(),
+                    line: e.line(),
+                    msg: e.to_string(),
+                })?;
                 if s.format > 1 {
                     return Err(StateError::Format {
                         path,
@@ -198,7 +197,8 @@ impl StateFile {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         root::mkdir_p(dir, 0o755).map_err(err)?;
         let tmp = dir.join(".#update-state.json.tmp");
-        let mut bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| err(io::Error::other(e)))?;
+        let mut bytes =
+            serde_json::to_vec_pretty(&self.state).map_err(|e| err(io::Error::other(e)))?;
         bytes.push(b'\n');
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -208,7 +208,9 @@ impl StateFile {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(err)?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(err)?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(err)?;
         drop(f);
         std::fs::rename(&tmp, &self.path).map_err(err)?;
         super::fsync_dir(dir).map_err(err)
@@ -240,6 +242,9 @@ mod tests {
 
         std::fs::write(back.path(), "{\n  \"components\": [\n").unwrap();
         let e = StateFile::load(&root).unwrap_err().to_string();
-        assert!(e.contains("update-state.json:2:") && e.contains("delete it"), "{e}");
+        assert!(
+            e.contains("update-state.json:2:") && e.contains("delete it"),
+            "{e}"
+        );
     }
 }

@@ -62,7 +62,10 @@ impl Target {
             Some(l) => {
                 let rel = Path::new(l);
                 let name = rel.file_name().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, format!("CurrentSymlink={l} has no file name"))
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("CurrentSymlink={l} has no file name"),
+                    )
                 })?;
                 let parent = rel.parent().unwrap_or(Path::new("/"));
                 let host_parent = root
@@ -141,7 +144,9 @@ impl Target {
             )
         })?;
         if name.contains('/') || name.starts_with('.') || name == ".." {
-            return Err(format!("target file name {name:?} is not a plain file name"));
+            return Err(format!(
+                "target file name {name:?} is not a plain file name"
+            ));
         }
         Ok(name)
     }
@@ -327,8 +332,13 @@ pub struct ImageCheck {
 /// `any`), the root-hash signature against `verity.d` under the root, and
 /// every data block against the root hash, in user space. `sidecars` are
 /// the bare-image sidecars being installed with it, if any.
-pub fn verify_image(opts: &Options, image: &Path, sidecars: &Sidecars) -> Result<ImageCheck, String> {
-    let root = Root::open(&opts.root).map_err(|e| format!("opening root {}: {e}", opts.root.display()))?;
+pub fn verify_image(
+    opts: &Options,
+    image: &Path,
+    sidecars: &Sidecars,
+) -> Result<ImageCheck, String> {
+    let root =
+        Root::open(&opts.root).map_err(|e| format!("opening root {}: {e}", opts.root.display()))?;
     let policy = verify::load_policy(&root, opts.policy).map_err(|e| e.to_string())?;
     let opened = runtime::open_image(image, sidecars, false).map_err(|(_, reason)| reason)?;
     let what = image.display().to_string();
@@ -359,10 +369,16 @@ mod tests {
     #[test]
     fn relative_links() {
         assert_eq!(
-            relative_path(Path::new("/r/etc/extensions"), Path::new("/r/opt/extensions/k/k-1.raw")),
+            relative_path(
+                Path::new("/r/etc/extensions"),
+                Path::new("/r/opt/extensions/k/k-1.raw")
+            ),
             Path::new("../../opt/extensions/k/k-1.raw")
         );
-        assert_eq!(relative_path(Path::new("/a"), Path::new("/a/b")), Path::new("b"));
+        assert_eq!(
+            relative_path(Path::new("/a"), Path::new("/a/b")),
+            Path::new("b")
+        );
     }
 
     #[test]
@@ -397,18 +413,36 @@ mod tests {
         // Keep 2: current (1) is protected, "2" is failed so it goes first,
         // then the oldest unprotected (3); 10 stays.
         let failed = |v: &Version| v.as_str() == "2";
-        let removed = target.vacuum(2, &[cur.path.clone()], &failed, None).unwrap();
+        let removed = target
+            .vacuum(2, std::slice::from_ref(&cur.path), &failed, None)
+            .unwrap();
         let names: Vec<String> = removed
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, [".#sysext-k-11-x86-64.raw.partial", "k-2-x86-64.raw", "k-3-x86-64.raw"]);
-        let left: Vec<String> = target.instances().unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(
+            names,
+            [
+                ".#sysext-k-11-x86-64.raw.partial",
+                "k-2-x86-64.raw",
+                "k-3-x86-64.raw"
+            ]
+        );
+        let left: Vec<String> = target
+            .instances()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
         assert_eq!(left, ["k-10-x86-64.raw", "k-1-x86-64.raw"]);
         link.set(None).unwrap();
         assert_eq!(link.read().unwrap(), None);
         // A real file where the link should be is never replaced.
         std::fs::write(&link.host, "x").unwrap();
-        assert!(link.read().unwrap_err().to_string().contains("not a symlink"));
+        assert!(link
+            .read()
+            .unwrap_err()
+            .to_string()
+            .contains("not a symlink"));
     }
 }
