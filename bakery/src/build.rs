@@ -24,7 +24,7 @@ use sysupdate::{Arch, Sha256Digest, Version};
 use crate::recipe::{ExtensionName, Recipe, RecipeError};
 use crate::seal::{seal, OutputFile, SealError, SealFormat, SealOptions, Staging, Unsigned};
 use crate::squashfs::{write_squashfs, Compression, SquashfsError, SquashfsOptions};
-use crate::stage::{stage, SourceDateEpoch, StageError};
+use crate::stage::{stage_with_inputs, SourceDateEpoch, StageError};
 use crate::tree::StagedTree;
 
 /// Name of the checksum manifest in the output directory.
@@ -115,7 +115,9 @@ pub enum BuildError {
     #[error("cannot write the squashfs image {}: {err}", .path.display())]
     Squashfs { path: PathBuf, err: SquashfsError },
     #[error(transparent)]
-    Seal(#[from] SealError),
+    Seal(Box<SealError>),
+    #[error(transparent)]
+    Lint(#[from] crate::lint::LintError),
     /// Image options that cannot work (checked before any output is made).
     #[error("{0}")]
     Options(SquashfsError),
@@ -125,6 +127,12 @@ pub enum BuildError {
         .path.display()
     )]
     BadSha256Sums { path: PathBuf, line: usize },
+}
+
+impl From<SealError> for BuildError {
+    fn from(e: SealError) -> Self {
+        BuildError::Seal(Box::new(e))
+    }
 }
 
 fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -140,8 +148,18 @@ pub fn build(recipe_dir: &Path, opts: &BuildOptions) -> Result<BuildReport, Buil
 
 /// Builds an already loaded recipe.
 pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
+    build_recipe_with_inputs(recipe, opts, &BTreeMap::new())
+}
+
+/// Builds an already loaded recipe whose remote inputs were unpacked into
+/// one directory per architecture (see [`crate::inputs`]).
+pub fn build_recipe_with_inputs(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    inputs: &BTreeMap<Arch, PathBuf>,
+) -> Result<BuildReport, BuildError> {
     opts.squashfs.resolve().map_err(BuildError::Options)?;
-    let staged = stage(recipe, opts.source_date_epoch)?;
+    let staged = stage_with_inputs(recipe, opts.source_date_epoch, inputs)?;
     let mut arches: Vec<Arch> = Vec::new();
     let wanted = if opts.arches.is_empty() {
         &recipe.architectures
@@ -159,6 +177,9 @@ pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport,
         .iter()
         .map(|&a| staged.tree_for(a).map(|t| (a, t)))
         .collect::<Result<_, _>>()?;
+    for (arch, tree) in &trees {
+        crate::lint::lint_image(tree, *arch)?;
+    }
 
     let out = &opts.output_dir;
     fs::create_dir_all(out).map_err(io(out, "cannot create output directory"))?;
@@ -170,11 +191,9 @@ pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport,
         let file_name = recipe.image_file_name(*arch);
         let stem = file_name.strip_suffix(".raw").unwrap_or(&file_name);
         let (fs_image, mut file) = staging.create_fs_image(stem, *arch)?;
-        write_squashfs(tree, &mut file, &opts.squashfs).map_err(|err| {
-            BuildError::Squashfs {
-                path: out.join(&file_name),
-                err,
-            }
+        write_squashfs(tree, &mut file, &opts.squashfs).map_err(|err| BuildError::Squashfs {
+            path: out.join(&file_name),
+            err,
         })?;
         file.sync_all()
             .map_err(io(fs_image.path(), "cannot fsync"))?;
@@ -204,8 +223,8 @@ pub fn build_recipe(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport,
         .map(|f| (f.name.clone(), f.sha256))
         .collect();
     let stale: Vec<String> = sealed.iter().flat_map(|s| s.stale_names()).collect();
-    if let Err(e) = update_sha256sums_removing(&sums_path, &entries, &stale)
-        .and_then(|()| sync_dir(out))
+    if let Err(e) =
+        update_sha256sums_removing(&sums_path, &entries, &stale).and_then(|()| sync_dir(out))
     {
         remove_all(&moved);
         return Err(e);

@@ -22,10 +22,15 @@
 //! start = ["hello.service"]             # started with the system via Upholds= drop-ins
 //! ```
 //!
-//! Top-level keys describe the extension; tables group what grows: `[units]`
-//! today, and the remote sources, version discovery and checksums of the
-//! recipes issue later (as new tables such as `[source]`, so existing recipes
-//! keep their meaning). Unknown keys are errors, so typos never pass silently.
+//! Top-level keys describe the extension; tables group what grows: `[units]`,
+//! `[[symlink]]`, and the remote inputs — `[upstream]` (where versions come
+//! from), `[secondary.NAME]` (inputs with their own version), `[arch.ARCH]`
+//! (per-architecture template variables) and `[[source]]` (what to download,
+//! how to check and unpack it, what goes where) — whose format and checks
+//! live in [`crate::source`]. A recipe with `[upstream]` has no `version`
+//! key: its version is resolved from the lock file or upstream
+//! ([`RecipeTemplate::instantiate`]). Unknown keys are errors, so typos
+//! never pass silently.
 
 use std::fmt;
 use std::ops::Range;
@@ -425,40 +430,130 @@ pub struct Recipe {
     /// Declared order, no duplicates.
     pub scope: Vec<Scope>,
     pub units: Units,
-    // Remote sources, version discovery and checksums (recipes issue) will
-    // be added here as new optional tables.
+    /// `[[symlink]]`: symlinks placed in every image of the recipe.
+    pub symlinks: Vec<crate::source::SymlinkSpec>,
+    /// `[upstream]`, `[secondary.*]`, `[arch.*]`, `[[source]]`: the
+    /// remote inputs, if the recipe has any.
+    pub remote: Option<crate::source::Remote>,
+}
+
+/// A recipe whose version may still be unknown: what `bakery versions`,
+/// `lock` and `list` need, and what a build instantiates once the version
+/// is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipeTemplate {
+    pub dir: PathBuf,
+    pub name: ExtensionName,
+    pub description: String,
+    pub architectures: Vec<Arch>,
+    /// The `version` key, for recipes that fix their version.
+    pub fixed_version: Option<Version>,
+    pub remote: Option<crate::source::Remote>,
+    text: String,
+}
+
+impl RecipeTemplate {
+    /// Reads and validates `DIR/recipe.toml` without requiring a version.
+    pub fn load(dir: &Path) -> Result<RecipeTemplate, RecipeError> {
+        let text = read_recipe_text(dir)?;
+        RecipeTemplate::parse(dir, &text)
+    }
+
+    /// Validates the text of `DIR/recipe.toml` without requiring a version.
+    pub fn parse(dir: &Path, text: &str) -> Result<RecipeTemplate, RecipeError> {
+        let (recipe, fixed) = parse_inner(dir, text, VersionMode::Template)?;
+        Ok(RecipeTemplate {
+            dir: recipe.dir,
+            name: recipe.name,
+            description: recipe.description,
+            architectures: recipe.architectures,
+            fixed_version: fixed.then_some(recipe.version),
+            remote: recipe.remote,
+            text: text.to_string(),
+        })
+    }
+
+    /// Whether the version comes from `[upstream]` (not from the recipe).
+    pub fn has_upstream(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.upstream.is_some())
+    }
+
+    /// The recipe with its version: `version` for a recipe with
+    /// `[upstream]`; `None` (or the same version) for one that fixes it.
+    pub fn instantiate(&self, version: Option<&Version>) -> Result<Recipe, RecipeError> {
+        let mode = match version {
+            Some(v) => VersionMode::Resolved(v.clone()),
+            None => VersionMode::Required,
+        };
+        parse_inner(&self.dir, &self.text, mode).map(|(r, _)| r)
+    }
+
+    /// `DIR/recipe.toml`.
+    pub fn recipe_file(&self) -> PathBuf {
+        self.dir.join(RECIPE_FILE)
+    }
+
+    /// The text of `recipe.toml` as read.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// How `parse_inner` treats the `version` key.
+#[derive(Debug, Clone)]
+enum VersionMode {
+    /// The recipe must give its version (a plain local recipe).
+    Required,
+    /// The version was resolved elsewhere (lock, upstream, `--version`).
+    Resolved(Version),
+    /// Only validating: a missing version is fine.
+    Template,
+}
+
+fn read_recipe_text(dir: &Path) -> Result<String, RecipeError> {
+    let path = dir.join(RECIPE_FILE);
+    let text = std::fs::read(&path).map_err(|err| RecipeError::Read {
+        path: path.clone(),
+        err,
+    })?;
+    String::from_utf8(text).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let src = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        RecipeError::Invalid {
+            location: Location::at(&path, &src, offset),
+            key: None,
+            message: "the file is not valid UTF-8".into(),
+            help: Some("save it as UTF-8 text".into()),
+        }
+    })
+}
+
+/// Parses and validates; the flag says whether `version` was in the file.
+fn parse_inner(
+    dir: &Path,
+    text: &str,
+    mode: VersionMode,
+) -> Result<(Recipe, bool), RecipeError> {
+    let file = dir.join(RECIPE_FILE);
+    let ctx = Ctx {
+        file: &file,
+        src: text,
+    };
+    let raw: RawRecipe = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+    ctx.validate(dir, raw, mode)
 }
 
 impl Recipe {
-    /// Reads and validates `DIR/recipe.toml`.
+    /// Reads and validates `DIR/recipe.toml`. A recipe with `[upstream]`
+    /// has no version of its own: load it with [`RecipeTemplate`].
     pub fn load(dir: &Path) -> Result<Recipe, RecipeError> {
-        let path = dir.join(RECIPE_FILE);
-        let text = std::fs::read(&path).map_err(|err| RecipeError::Read {
-            path: path.clone(),
-            err,
-        })?;
-        let text = String::from_utf8(text).map_err(|e| {
-            let offset = e.utf8_error().valid_up_to();
-            let src = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            RecipeError::Invalid {
-                location: Location::at(&path, &src, offset),
-                key: None,
-                message: "the file is not valid UTF-8".into(),
-                help: Some("save it as UTF-8 text".into()),
-            }
-        })?;
+        let text = read_recipe_text(dir)?;
         Recipe::parse(dir, &text)
     }
 
     /// Validates the text of `DIR/recipe.toml` (errors name that path).
     pub fn parse(dir: &Path, text: &str) -> Result<Recipe, RecipeError> {
-        let file = dir.join(RECIPE_FILE);
-        let ctx = Ctx {
-            file: &file,
-            src: text,
-        };
-        let raw: RawRecipe = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
-        ctx.validate(dir, raw)
+        parse_inner(dir, text, VersionMode::Required).map(|(r, _)| r)
     }
 
     /// `DIR/files`.
@@ -494,6 +589,11 @@ struct RawRecipe {
     architectures: Option<Spanned<Vec<Spanned<String>>>>,
     scope: Option<Spanned<Vec<Spanned<String>>>>,
     units: Option<Spanned<RawUnits>>,
+    symlink: Option<Vec<Spanned<crate::source::RawSymlink>>>,
+    upstream: Option<Spanned<crate::source::RawUpstream>>,
+    secondary: Option<Spanned<std::collections::BTreeMap<String, Spanned<crate::source::RawUpstream>>>>,
+    arch: Option<Spanned<crate::source::RawArchTable>>,
+    source: Option<Vec<Spanned<crate::source::RawSource>>>,
 }
 
 #[derive(Deserialize)]
@@ -503,15 +603,38 @@ struct RawUnits {
 }
 
 const TOP_KEYS: &str = "name, version, description, reload-manager, os, sysext-level, \
-                        version-id, architectures, scope, [units]";
+                        version-id, architectures, scope, [units], [[symlink]], [upstream], \
+                        [secondary.NAME], [arch.ARCH], [[source]]";
 
-struct Ctx<'a> {
-    file: &'a Path,
-    src: &'a str,
+/// The keys allowed in a table, for the "unknown key" help.
+fn known_keys(table: &str) -> &'static str {
+    let top = table.split('.').next().unwrap_or(table);
+    match top {
+        "units" => "start",
+        "symlink" => "path, target",
+        "upstream" => crate::source::UPSTREAM_KEYS,
+        "secondary" => crate::source::SECONDARY_KEYS,
+        "arch" => "any variable name (e.g. arch = \"amd64\")",
+        "source" if table.ends_with(".place") => "from, to, mode",
+        "source" if table.ends_with(".deb") => "path, place, exclude",
+        "source" => crate::source::SOURCE_KEYS,
+        _ => TOP_KEYS,
+    }
+}
+
+/// Validation context: the file and its text, for located errors.
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) src: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(
+    /// The location of a byte offset.
+    pub(crate) fn location(&self, offset: usize) -> Location {
+        Location::at(self.file, self.src, offset)
+    }
+
+    pub(crate) fn err(
         &self,
         span: Range<usize>,
         key: &str,
@@ -547,7 +670,7 @@ impl Ctx<'_> {
                 Some(t) => format!("{t}.{field}"),
                 None => field,
             };
-            let known = if table.is_some() { "start" } else { TOP_KEYS };
+            let known = table.map_or(TOP_KEYS, known_keys);
             (
                 Some(key),
                 Some(format!(
@@ -566,7 +689,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn validate(&self, dir: &Path, raw: RawRecipe) -> Result<Recipe, RecipeError> {
+    fn validate(
+        &self,
+        dir: &Path,
+        raw: RawRecipe,
+        mode: VersionMode,
+    ) -> Result<(Recipe, bool), RecipeError> {
         let name = raw
             .name
             .ok_or_else(|| self.missing("name", "\"my-extension\""))?;
@@ -579,17 +707,57 @@ impl Ctx<'_> {
             )
         })?;
 
-        let version = raw
-            .version
-            .ok_or_else(|| self.missing("version", "\"1.0.0\""))?;
-        let version = Version::new(version.get_ref().clone()).map_err(|e| {
-            self.err(
-                version.span(),
-                "version",
-                e.to_string(),
-                Some("use the upstream's version, e.g. version = \"1.2.3\"".to_string()),
-            )
-        })?;
+        let has_upstream = raw.upstream.is_some();
+        let fixed = raw.version.is_some();
+        let version = match (raw.version, mode) {
+            (Some(v), _) if has_upstream => {
+                return Err(self.err(
+                    v.span(),
+                    "version",
+                    "a recipe with [upstream] takes its version from upstream or the lock file",
+                    Some("remove `version` (pick a version with `bakery build NAME --version V` or pin it with `bakery lock`)".to_string()),
+                ))
+            }
+            (Some(v), mode) => {
+                let fixed = Version::new(v.get_ref().clone()).map_err(|e| {
+                    self.err(
+                        v.span(),
+                        "version",
+                        e.to_string(),
+                        Some("use the upstream's version, e.g. version = \"1.2.3\"".to_string()),
+                    )
+                })?;
+                if let VersionMode::Resolved(other) = mode {
+                    if other != fixed {
+                        return Err(self.err(
+                            v.span(),
+                            "version",
+                            format!("the recipe fixes version {fixed}, but {other} was asked for"),
+                            Some("build the recipe's own version, or change `version`".to_string()),
+                        ));
+                    }
+                }
+                fixed
+            }
+            (None, VersionMode::Resolved(v)) => v,
+            // Validation only: a placeholder that never leaves this module.
+            (None, VersionMode::Template) if has_upstream => Version::new("0").map_err(|e| {
+                self.err(0..0, "version", e.to_string(), None)
+            })?,
+            (None, _) if has_upstream => {
+                return Err(RecipeError::Invalid {
+                    location: Location::at(self.file, self.src, 0),
+                    key: Some("version".into()),
+                    message: "this recipe takes its version from [upstream]".into(),
+                    help: Some(
+                        "build it by name (`bakery build NAME` or `bakery build NAME-STREAM`), \
+                         which takes the version from the lock file or asks upstream"
+                            .into(),
+                    ),
+                })
+            }
+            (None, _) => return Err(self.missing("version", "\"1.0.0\"")),
+        };
 
         let description = raw
             .description
@@ -703,6 +871,16 @@ impl Ctx<'_> {
             }
         }
 
+        let symlinks = crate::source::validate_symlinks(self, raw.symlink.unwrap_or_default())?;
+        let remote = crate::source::validate_remote(
+            self,
+            &architectures,
+            raw.upstream,
+            raw.secondary,
+            raw.arch,
+            raw.source,
+        )?;
+
         let recipe = Recipe {
             dir: dir.to_path_buf(),
             name,
@@ -714,6 +892,8 @@ impl Ctx<'_> {
             architectures_location,
             scope,
             units,
+            symlinks,
+            remote,
         };
         for &arch in &recipe.architectures {
             let file_name = recipe.image_file_name(arch);
@@ -728,7 +908,7 @@ impl Ctx<'_> {
                 });
             }
         }
-        Ok(recipe)
+        Ok((recipe, fixed))
     }
 
     fn validate_os(
@@ -793,9 +973,12 @@ fn table_at(src: &str, offset: usize) -> Option<&str> {
     let before = src.get(..offset.min(src.len()))?;
     before.lines().rev().find_map(|line| {
         let t = line.trim();
-        if t.starts_with('[') && !t.starts_with("[[") {
-            let end = t.find(']')?;
-            Some(t.get(1..end)?.trim())
+        if let Some(inner) = t.strip_prefix("[[") {
+            let end = inner.find("]]")?;
+            Some(inner.get(..end)?.trim())
+        } else if let Some(inner) = t.strip_prefix('[') {
+            let end = inner.find(']')?;
+            Some(inner.get(..end)?.trim())
         } else {
             None
         }

@@ -50,10 +50,8 @@ const MAX_PASSPHRASE_FILE: u64 = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error(
-        "--cert was given without a signing key: pass --key PATH (or set {ENV_KEY}) as well"
-    )]
+    Key(Box<KeyError>),
+    #[error("--cert was given without a signing key: pass --key PATH (or set {ENV_KEY}) as well")]
     CertWithoutKey,
     #[error("cannot read the passphrase file {}: {err}", .path.display())]
     Passphrase { path: PathBuf, err: std::io::Error },
@@ -61,7 +59,7 @@ pub enum SealError {
     Seal {
         image: PathBuf,
         #[source]
-        source: SigningSealError,
+        source: Box<SigningSealError>,
     },
     #[error("{}: {action}: {err}", .path.display())]
     Io {
@@ -69,6 +67,12 @@ pub enum SealError {
         action: &'static str,
         err: std::io::Error,
     },
+}
+
+impl From<KeyError> for SealError {
+    fn from(e: KeyError) -> Self {
+        SealError::Key(Box::new(e))
+    }
 }
 
 fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> SealError {
@@ -159,10 +163,7 @@ fn read_passphrase(path: &Path) -> Result<Secret, SealError> {
             "larger than 64 KiB; put only the passphrase in it",
         )));
     }
-    let end = buf
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(buf.len());
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
     let mut line = buf[..end].to_vec();
     if line.last() == Some(&b'\r') {
         line.pop();
@@ -314,10 +315,8 @@ impl Staging {
 }
 
 fn check_stem(stem: &str) -> Result<(), SealError> {
-    let ok = !stem.is_empty()
-        && !stem.starts_with('.')
-        && !stem.contains('/')
-        && !stem.contains('\0');
+    let ok =
+        !stem.is_empty() && !stem.starts_with('.') && !stem.contains('/') && !stem.contains('\0');
     if ok {
         Ok(())
     } else {
@@ -455,7 +454,7 @@ pub fn seal(image: FsImage, plan: &SealPlan) -> Result<SealedImage, SealError> {
     };
     let sealed = signing::seal(&req).map_err(|source| SealError::Seal {
         image: final_dir.join(format!("{stem}.raw")),
-        source,
+        source: Box::new(source),
     })?;
     if plan.format == SealFormat::Ddi {
         fs::remove_file(&path).map_err(io(&path, "cannot remove"))?;
@@ -492,7 +491,8 @@ pub fn seal(image: FsImage, plan: &SealPlan) -> Result<SealedImage, SealError> {
 /// Size and sha256 of a file, read back from disk.
 pub fn digest_file(path: &Path) -> Result<(u64, Sha256Digest), SealError> {
     let mut f = File::open(path).map_err(io(path, "cannot open"))?;
-    f.seek(SeekFrom::Start(0)).map_err(io(path, "cannot seek"))?;
+    f.seek(SeekFrom::Start(0))
+        .map_err(io(path, "cannot seek"))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;

@@ -17,6 +17,7 @@
 //! target climbs above the image root; every unit in `[units] start` exists
 //! under `usr/lib/systemd/system/` (or `usr/local/lib/systemd/system/`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -129,16 +130,52 @@ pub enum StageError {
 }
 
 /// A recipe's image root before the per-architecture extension-release is
-/// added: `files/` plus generated drop-ins, normalised and linted.
+/// added: `files/` plus generated drop-ins, normalised and linted, and the
+/// per-architecture trees of its unpacked remote inputs.
 #[derive(Debug, Clone)]
 pub struct StagedRecipe<'r> {
     recipe: &'r Recipe,
     base: DirNode,
+    /// Unpacked remote inputs per architecture (scanned and linted like
+    /// `files/`), merged into `base` by [`StagedRecipe::tree_for`].
+    inputs: BTreeMap<Arch, DirNode>,
     mtime: SourceDateEpoch,
 }
 
 /// Stages and lints `recipe`'s tree.
 pub fn stage(recipe: &Recipe, mtime: SourceDateEpoch) -> Result<StagedRecipe<'_>, StageError> {
+    stage_with_inputs(recipe, mtime, &BTreeMap::new())
+}
+
+/// Stages and lints `recipe`'s tree plus, per architecture, a directory of
+/// unpacked remote inputs (the same rules as `files/` apply to it; a path
+/// both place is an error). With inputs, `[units] start` is checked
+/// against each architecture's merged tree.
+pub fn stage_with_inputs<'r>(
+    recipe: &'r Recipe,
+    mtime: SourceDateEpoch,
+    inputs: &BTreeMap<Arch, PathBuf>,
+) -> Result<StagedRecipe<'r>, StageError> {
+    let mut scanned = BTreeMap::new();
+    for (arch, dir) in inputs {
+        let node = match fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => scan_root(dir)?,
+            Ok(_) => {
+                return Err(StageError::Lint {
+                    path: dir.clone(),
+                    problem: "is not a directory".into(),
+                })
+            }
+            Err(err) => {
+                return Err(StageError::Io {
+                    path: dir.clone(),
+                    action: "cannot read",
+                    err,
+                })
+            }
+        };
+        scanned.insert(*arch, node);
+    }
     let files = recipe.files_dir();
     let mut base = DirNode {
         mode: DIR_MODE,
@@ -166,14 +203,97 @@ pub fn stage(recipe: &Recipe, mtime: SourceDateEpoch) -> Result<StagedRecipe<'_>
         }
     }
 
-    check_units(recipe, &base)?;
+    for link in &recipe.symlinks {
+        insert_symlink(recipe, &mut base, link)?;
+    }
+    if scanned.is_empty() {
+        check_units(recipe, &base)?;
+    }
     add_upholds_dropins(recipe, &mut base)?;
 
     Ok(StagedRecipe {
         recipe,
         base,
+        inputs: scanned,
         mtime,
     })
+}
+
+/// Places a `[[symlink]]` of the recipe.
+fn insert_symlink(
+    recipe: &Recipe,
+    root: &mut DirNode,
+    link: &crate::source::SymlinkSpec,
+) -> Result<(), StageError> {
+    let conflict = |what: &str| StageError::Lint {
+        path: recipe.recipe_file(),
+        problem: format!("{}: [[symlink]] {}: {what}", link.location, link.path),
+    };
+    let parts: Vec<&str> = link.path.split('/').collect();
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(conflict("the path is empty"));
+    };
+    let parent_rel = dirs.join("/");
+    check_symlink(&recipe.recipe_file(), &parent_rel, link.target.as_bytes())?;
+    let mut dir = root;
+    for part in dirs {
+        let name = EntryName::new(part.as_bytes()).map_err(|e| conflict(&e.to_string()))?;
+        let node = dir.entries.entry(name).or_insert_with(|| {
+            Node::Dir(DirNode {
+                mode: DIR_MODE,
+                entries: Default::default(),
+            })
+        });
+        dir = match node {
+            Node::Dir(d) => d,
+            _ => return Err(conflict(&format!("files/ has a non-directory at {part}"))),
+        };
+    }
+    let name = EntryName::new(last.as_bytes()).map_err(|e| conflict(&e.to_string()))?;
+    if dir.entries.contains_key(&name) {
+        return Err(conflict("files/ already has this path; remove one of them"));
+    }
+    dir.entries.insert(
+        name,
+        Node::Symlink(SymlinkNode {
+            target: link.target.as_bytes().to_vec(),
+        }),
+    );
+    Ok(())
+}
+
+/// Merges `other` (an input's tree) into `into`; the same non-directory
+/// path in both is an error.
+fn merge_into(
+    into: &mut DirNode,
+    other: &DirNode,
+    rel: &str,
+    recipe: &Recipe,
+    arch: Arch,
+) -> Result<(), StageError> {
+    for (name, node) in &other.entries {
+        let child_rel = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        match (into.entries.get_mut(name), node) {
+            (None, n) => {
+                into.entries.insert(name.clone(), n.clone());
+            }
+            (Some(Node::Dir(a)), Node::Dir(b)) => merge_into(a, b, &child_rel, recipe, arch)?,
+            (Some(_), _) => {
+                return Err(StageError::Lint {
+                    path: recipe.files_dir().join(&child_rel),
+                    problem: format!(
+                        "both the recipe (files/, [[symlink]] or a generated file) and a downloaded \
+                         input for {arch} place /{child_rel}; remove one of them"
+                    ),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 impl StagedRecipe<'_> {
@@ -210,6 +330,12 @@ impl StagedRecipe<'_> {
             });
         }
         let mut root = self.base.clone();
+        if let Some(input) = self.inputs.get(&arch) {
+            merge_into(&mut root, input, "", self.recipe, arch)?;
+        }
+        if !self.inputs.is_empty() {
+            check_units(self.recipe, &root)?;
+        }
         let path = self.extension_release_path();
         let content = self.extension_release(arch).render().into_bytes();
         insert_generated(self.recipe, &mut root, &path, FILE_MODE, content)?;

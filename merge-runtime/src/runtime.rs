@@ -968,7 +968,16 @@ fn apply(opts: &Options, mode: Mode) -> Result<MergeReport, Error> {
                 .map_err(io_ctx("entering a private mount namespace"))?;
             let ws = Workspace::create(&opts.run_dir)?;
             let backend = verify::select_backend(opts.backend);
-            let r = stage(opts, &root, &disc, &host, &policy, backend.as_ref(), &ws, &fp)?;
+            let r = stage(
+                opts,
+                &root,
+                &disc,
+                &host,
+                &policy,
+                backend.as_ref(),
+                &ws,
+                &fp,
+            )?;
             Ok((r, ws.dir))
         })
         .join()

@@ -346,13 +346,17 @@ pub fn covered_data_len(material: &VerityMaterial) -> Result<u64, VerifyError> {
         source,
     })?;
     let (params, blocks) =
-        signing::verity::read_superblock(&f, h.range.offset).map_err(|source| VerifyError::Verity {
-            root_hash: material.root_hash,
-            source,
+        signing::verity::read_superblock(&f, h.range.offset).map_err(|source| {
+            VerifyError::Verity {
+                root_hash: material.root_hash,
+                source,
+            }
         })?;
     blocks
         .checked_mul(u64::from(params.data_block_size()))
-        .ok_or_else(|| VerifyError::Incomplete(format!("{}: absurd verity superblock", h.file.display())))
+        .ok_or_else(|| {
+            VerifyError::Incomplete(format!("{}: absurd verity superblock", h.file.display()))
+        })
 }
 
 /// The outcome of the policy and signature check.

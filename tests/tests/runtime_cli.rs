@@ -39,22 +39,46 @@ fn cli_matches_systemd_sysext_json_and_verifies_images() {
     let w = tempfile::tempdir().unwrap();
     let work = w.path();
     let fits = "ID=debian\nVERSION_ID=12\n";
-    ext_tree(&host.p("etc/extensions/tools"), "tools", fits, &[("usr/bin/tool", "t\n")]);
+    ext_tree(
+        &host.p("etc/extensions/tools"),
+        "tools",
+        fits,
+        &[("usr/bin/tool", "t\n")],
+    );
     let key = openssl_key(work, "vendor");
     trust(&host, &key, "vendor");
     let fsimg = work.join("app.squashfs");
-    squashfs_ext(work, &fsimg, "app", "ID=_any\nEXTENSION_RELOAD_MANAGER=1\n", &[("opt/app/app", "a\n")]);
-    let app = ddi(&fsimg, &host.p("var/lib/extensions/app.raw"), Some(&key), work);
+    squashfs_ext(
+        work,
+        &fsimg,
+        "app",
+        "ID=_any\nEXTENSION_RELOAD_MANAGER=1\n",
+        &[("opt/app/app", "a\n")],
+    );
+    let app = ddi(
+        &fsimg,
+        &host.p("var/lib/extensions/app.raw"),
+        Some(&key),
+        work,
+    );
     let root = format!("--root={}", host.path().display());
 
     // list: systemd's fields and values, plus ours.
     let ours = json(&run_ok(sysext().args([&root, "list", "--json=short"])));
-    let theirs = json(&run_ok(Command::new("systemd-sysext").args([&root, "list", "--json=short"])));
+    let theirs = json(&run_ok(Command::new("systemd-sysext").args([
+        &root,
+        "list",
+        "--json=short",
+    ])));
     let (o, t) = (by_key(&ours, "name"), by_key(&theirs, "name"));
     assert_eq!(o.keys().collect::<Vec<_>>(), t.keys().collect::<Vec<_>>());
     for (name, row) in &t {
         for k in ["type", "path", "time"] {
-            assert_eq!(o[name][k], row[k], "list {name} {k}: ours {} theirs {row}", o[name]);
+            assert_eq!(
+                o[name][k], row[k],
+                "list {name} {k}: ours {} theirs {row}",
+                o[name]
+            );
         }
     }
     assert_eq!(o["app"]["format"], "gpt");
@@ -62,7 +86,11 @@ fn cli_matches_systemd_sysext_json_and_verifies_images() {
 
     // merge, then both tools' status agree.
     let out = sysext().args([&root, "merge"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("Using extensions 'app', 'tools'."), "{msg}");
     let ours = json(&run_ok(sysext().args([&root, "status", "--json"])));
@@ -92,7 +120,9 @@ fn cli_matches_systemd_sysext_json_and_verifies_images() {
     assert_eq!(r["reloaded_manager"], false, "never under --root");
 
     // verify IMAGE: good, then one flipped byte.
-    let v = json(&run_ok(sysext().args([&root, "verify", "--json"]).arg(&app.path)));
+    let v = json(&run_ok(
+        sysext().args([&root, "verify", "--json"]).arg(&app.path),
+    ));
     assert_eq!(v["root_hash"], app.root_hash);
     assert!(v["signer"].as_str().unwrap().contains("vendor"), "{v}");
     let bad = work.join("bad.raw");
@@ -103,12 +133,22 @@ fn cli_matches_systemd_sysext_json_and_verifies_images() {
     let out = sysext().args([&root, "verify"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not match its root hash") && err.contains("does not match"), "{err}");
+    assert!(
+        err.contains("does not match its root hash") && err.contains("does not match"),
+        "{err}"
+    );
 
     // unmerge; the other tool agrees nothing is merged.
     run_ok(sysext().args([&root, "unmerge"]));
     let theirs = systemd_status(host.path());
-    assert!(theirs.as_array().unwrap().iter().all(|r| r["extensions"] == "none"), "{theirs}");
+    assert!(
+        theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["extensions"] == "none"),
+        "{theirs}"
+    );
     assert!(mounts_below(host.path()).is_empty());
 }
 
@@ -118,12 +158,26 @@ fn unit_file_passes_systemd_analyze_verify() {
     let bin = integration_tests::bin("merge-runtime", "sysext");
     let unit = integration_tests::workspace_root().join("merge-runtime/units/sysext-merge.service");
     let text = fs::read_to_string(&unit).unwrap();
-    assert!(text.contains("ExecStart=/usr/bin/sysext refresh") && text.contains("ExecStop=/usr/bin/sysext unmerge"));
+    assert!(
+        text.contains("ExecStart=/usr/bin/sysext refresh")
+            && text.contains("ExecStop=/usr/bin/sysext unmerge")
+    );
     // Point it at the built binary (systemd-analyze checks that it exists).
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("sysext-merge.service");
-    fs::write(&copy, text.replace("/usr/bin/sysext", &bin.display().to_string())).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    fs::write(
+        &copy,
+        text.replace("/usr/bin/sysext", &bin.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !err.contains("sysext-merge.service:"), "{err}");
+    assert!(
+        out.status.success() && !err.contains("sysext-merge.service:"),
+        "{err}"
+    );
 }

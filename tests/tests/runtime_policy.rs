@@ -30,18 +30,44 @@ fn set() -> Set {
     let fits = "ID=debian\nVERSION_ID=12\n";
     let ext = host.p("var/lib/extensions");
     let fs_signed = w.join("signed.squashfs");
-    squashfs_ext(w, &fs_signed, "signed", fits, &[("usr/share/signed.txt", "s\n")]);
+    squashfs_ext(
+        w,
+        &fs_signed,
+        "signed",
+        fits,
+        &[("usr/share/signed.txt", "s\n")],
+    );
     ddi(&fs_signed, &ext.join("signed.raw"), Some(&key), w);
     let verity = ext.join("verityonly.raw");
-    squashfs_ext(w, &verity, "verityonly", fits, &[("usr/share/verityonly.txt", "v\n")]);
+    squashfs_ext(
+        w,
+        &verity,
+        "verityonly",
+        fits,
+        &[("usr/share/verityonly.txt", "v\n")],
+    );
     sidecars(&verity);
-    squashfs_ext(w, &ext.join("plain.raw"), "plain", fits, &[("usr/share/plain.txt", "p\n")]);
-    ext_tree(&host.p("etc/extensions/dir"), "dir", fits, &[("usr/share/dir.txt", "d\n")]);
+    squashfs_ext(
+        w,
+        &ext.join("plain.raw"),
+        "plain",
+        fits,
+        &[("usr/share/plain.txt", "p\n")],
+    );
+    ext_tree(
+        &host.p("etc/extensions/dir"),
+        "dir",
+        fits,
+        &[("usr/share/dir.txt", "d\n")],
+    );
     Set { host, _work: work }
 }
 
 fn outcomes(r: &merge_runtime::runtime::MergeReport) -> BTreeMap<String, Outcome> {
-    r.images.iter().map(|i| (i.name.clone(), i.outcome.clone())).collect()
+    r.images
+        .iter()
+        .map(|i| (i.name.clone(), i.outcome.clone()))
+        .collect()
 }
 
 fn refused_by_policy(o: &Outcome, words: &str) -> bool {
@@ -60,10 +86,17 @@ fn signed_policy_refuses_unsigned_images() {
     let o = outcomes(&r);
     assert_eq!(r.extensions, ["signed"], "{o:?}");
     for name in ["verityonly", "plain", "dir"] {
-        assert!(refused_by_policy(&o[name], "policy signed requires a signed root hash"), "{name}: {:?}", o[name]);
+        assert!(
+            refused_by_policy(&o[name], "policy signed requires a signed root hash"),
+            "{name}: {:?}",
+            o[name]
+        );
     }
     assert!(!s.host.p("usr/share/plain.txt").exists());
-    assert_eq!(fs::read_to_string(s.host.p("usr/share/signed.txt")).unwrap(), "s\n");
+    assert_eq!(
+        fs::read_to_string(s.host.p("usr/share/signed.txt")).unwrap(),
+        "s\n"
+    );
     merge_runtime::unmerge(&opts).unwrap();
 
     // `verity`: root hash needed, signature not.
@@ -71,8 +104,16 @@ fn signed_policy_refuses_unsigned_images() {
     let r = merge_runtime::merge(&opts).unwrap();
     let o = outcomes(&r);
     assert_eq!(r.extensions, ["signed", "verityonly"], "{o:?}");
-    assert!(refused_by_policy(&o["plain"], "requires a root hash"), "{:?}", o["plain"]);
-    assert!(refused_by_policy(&o["dir"], "requires a root hash"), "{:?}", o["dir"]);
+    assert!(
+        refused_by_policy(&o["plain"], "requires a root hash"),
+        "{:?}",
+        o["plain"]
+    );
+    assert!(
+        refused_by_policy(&o["dir"], "requires a root hash"),
+        "{:?}",
+        o["dir"]
+    );
     merge_runtime::unmerge(&opts).unwrap();
 }
 
@@ -85,7 +126,12 @@ fn any_policy_merges_unsigned_images() {
     let mut opts = s.host.options();
     opts.policy = Some(Policy::Any);
     let r = merge_runtime::merge(&opts).unwrap();
-    assert_eq!(r.extensions, ["dir", "plain", "signed", "verityonly"], "{:?}", outcomes(&r));
+    assert_eq!(
+        r.extensions,
+        ["dir", "plain", "signed", "verityonly"],
+        "{:?}",
+        outcomes(&r)
+    );
     for f in ["plain", "dir", "signed", "verityonly"] {
         assert!(s.host.p(&format!("usr/share/{f}.txt")).exists(), "{f}");
     }
@@ -106,7 +152,12 @@ fn policy_file_under_root_applies() {
     assert_eq!(r.extensions, ["signed"]);
     assert_eq!(r.policy.policy, Policy::Signed);
     let st = merge_runtime::status(&opts).unwrap();
-    assert_eq!(st.policy.source, PolicySource::File { path: fs::canonicalize(&conf).unwrap() });
+    assert_eq!(
+        st.policy.source,
+        PolicySource::File {
+            path: fs::canonicalize(&conf).unwrap()
+        }
+    );
     merge_runtime::unmerge(&opts).unwrap();
 
     // --policy wins over the file.
@@ -118,6 +169,9 @@ fn policy_file_under_root_applies() {
     // A bad file is an error that says where.
     fs::write(&conf, "policy = signed\npolicy = strict\n").unwrap();
     let e = merge_runtime::merge(&opts).unwrap_err().to_string();
-    assert!(e.contains("policy.conf:2") && e.contains("strict") && e.contains("signed, verity or any"), "{e}");
+    assert!(
+        e.contains("policy.conf:2") && e.contains("strict") && e.contains("signed, verity or any"),
+        "{e}"
+    );
     assert!(mounts_below(s.host.path()).is_empty());
 }

@@ -30,7 +30,9 @@ fn tampered_images_are_refused_and_the_rest_merges() {
         let p = work.join(format!("{name}.squashfs"));
         // 100 000 bytes of poorly compressible text: the image is large
         // enough that the bytes flipped below are file data.
-        let mut x: u64 = name.bytes().fold(0x9e37_79b9_7f4a_7c15, |a, c| a.rotate_left(5) ^ u64::from(c));
+        let mut x: u64 = name.bytes().fold(0x9e37_79b9_7f4a_7c15, |a, c| {
+            a.rotate_left(5) ^ u64::from(c)
+        });
         let big: String = (0..100_000)
             .map(|_| {
                 x ^= x << 13;
@@ -39,23 +41,44 @@ fn tampered_images_are_refused_and_the_rest_merges() {
                 char::from(b"0123456789abcdef"[(x & 15) as usize])
             })
             .collect();
-        squashfs_ext(work, &p, name, fits, &[(&format!("usr/share/{name}.txt"), &big)]);
+        squashfs_ext(
+            work,
+            &p,
+            name,
+            fits,
+            &[(&format!("usr/share/{name}.txt"), &big)],
+        );
         p
     };
 
     // 1. Good: signed by the trusted key.
     let good = ddi(&fs_of("good"), &ext.join("good.raw"), Some(&trusted), work);
     // 2. One flipped data byte.
-    let flipped = ddi(&fs_of("flipped"), &ext.join("flipped.raw"), Some(&trusted), work);
+    let flipped = ddi(
+        &fs_of("flipped"),
+        &ext.join("flipped.raw"),
+        Some(&trusted),
+        work,
+    );
     let at = flipped.data.0 + 8192 + 17;
     let b = read_at(&flipped.path, at, 1)[0];
     write_at(&flipped.path, at, &[b ^ 0x01]);
     // 3. Signed by a key nobody trusts.
-    ddi(&fs_of("untrusted"), &ext.join("untrusted.raw"), Some(&stranger), work);
+    ddi(
+        &fs_of("untrusted"),
+        &ext.join("untrusted.raw"),
+        Some(&stranger),
+        work,
+    );
     // 4. A valid signature, but over another root hash: the signature
     //    partition's JSON keeps this image's rootHash, its PKCS#7 is the
     //    one of `good`.
-    let wrongsig = ddi(&fs_of("wrongsig"), &ext.join("wrongsig.raw"), Some(&trusted), work);
+    let wrongsig = ddi(
+        &fs_of("wrongsig"),
+        &ext.join("wrongsig.raw"),
+        Some(&trusted),
+        work,
+    );
     {
         let (off, len) = wrongsig.sig.unwrap();
         let mut json: serde_json::Value = {
@@ -76,17 +99,36 @@ fn tampered_images_are_refused_and_the_rest_merges() {
     }
     // 5. The signature partition of another image: its rootHash does not
     //    match this image's partitions.
-    let swapped = ddi(&fs_of("swapped"), &ext.join("swapped.raw"), Some(&trusted), work);
+    let swapped = ddi(
+        &fs_of("swapped"),
+        &ext.join("swapped.raw"),
+        Some(&trusted),
+        work,
+    );
     {
         let (goff, glen) = good.sig.unwrap();
         let (off, len) = swapped.sig.unwrap();
         assert_eq!(glen, len);
-        write_at(&swapped.path, off, &read_at(&good.path, goff, glen as usize));
+        write_at(
+            &swapped.path,
+            off,
+            &read_at(&good.path, goff, glen as usize),
+        );
     }
     // 6. Truncated.
-    let truncated = ddi(&fs_of("truncated"), &ext.join("truncated.raw"), Some(&trusted), work);
+    let truncated = ddi(
+        &fs_of("truncated"),
+        &ext.join("truncated.raw"),
+        Some(&trusted),
+        work,
+    );
     let len = fs::metadata(&truncated.path).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&truncated.path).unwrap().set_len(len / 2).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated.path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     // 7. Bare image with sidecars, flipped byte; 8. bare, truncated.
     let bareflip = ext.join("bareflip.raw");
     fs::copy(fs_of("bareflip"), &bareflip).unwrap();
@@ -97,7 +139,12 @@ fn tampered_images_are_refused_and_the_rest_merges() {
     fs::copy(fs_of("baretrunc"), &baretrunc).unwrap();
     sidecars(&baretrunc);
     let l = fs::metadata(&baretrunc).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&baretrunc).unwrap().set_len(l - 4096).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&baretrunc)
+        .unwrap()
+        .set_len(l - 4096)
+        .unwrap();
     // 9. A good bare image with sidecars, unsigned (fine under `any`).
     let bareok = ext.join("bareok.raw");
     fs::copy(fs_of("bareok"), &bareok).unwrap();
@@ -122,8 +169,16 @@ fn tampered_images_are_refused_and_the_rest_merges() {
     };
     for (name, stage, words) in [
         ("flipped", Stage::Verity, "does not match"),
-        ("untrusted", Stage::Signature, "not made by a trusted certificate"),
-        ("wrongsig", Stage::Signature, "not valid or not made by a trusted"),
+        (
+            "untrusted",
+            Stage::Signature,
+            "not made by a trusted certificate",
+        ),
+        (
+            "wrongsig",
+            Stage::Signature,
+            "not valid or not made by a trusted",
+        ),
         ("swapped", Stage::Signature, "do not belong together"),
         ("truncated", Stage::Format, "truncated.raw"),
         ("bareflip", Stage::Verity, "does not match"),
@@ -132,11 +187,25 @@ fn tampered_images_are_refused_and_the_rest_merges() {
         let (s, reason) = refused(name);
         println!("{name}: {s:?}: {reason}");
         assert_eq!(s, stage, "{name}: {reason}");
-        assert!(reason.contains(words), "{name}: {reason:?} should mention {words:?}");
+        assert!(
+            reason.contains(words),
+            "{name}: {reason:?} should mention {words:?}"
+        );
     }
     assert_eq!(by["good"].verification, VerityMode::UserSpace);
-    assert!(by["good"].signer.as_deref().unwrap_or("").contains("trusted"), "{:?}", by["good"].signer);
-    assert_eq!(by["good"].root_hash.as_deref(), Some(good.root_hash.as_str()));
+    assert!(
+        by["good"]
+            .signer
+            .as_deref()
+            .unwrap_or("")
+            .contains("trusted"),
+        "{:?}",
+        by["good"].signer
+    );
+    assert_eq!(
+        by["good"].root_hash.as_deref(),
+        Some(good.root_hash.as_str())
+    );
     assert_eq!(by["bareok"].verification, VerityMode::UserSpace);
     assert_eq!(by["bareok"].signer, None);
 
@@ -147,26 +216,53 @@ fn tampered_images_are_refused_and_the_rest_merges() {
         .cloned()
         .collect();
     assert_eq!(loops_backed_by(&refused_files), Vec::<String>::new());
-    assert_eq!(loops_backed_by(&[good.path.clone(), bareok.clone()]).len(), 2);
+    assert_eq!(
+        loops_backed_by(&[good.path.clone(), bareok.clone()]).len(),
+        2
+    );
     let mounts = mounts_below(host.path());
     assert_eq!(mounts.len(), 1, "only the /usr overlay: {mounts:?}");
     let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let staging: Vec<&str> = mi
         .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with("/run/sysext-forge")))
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with("/run/sysext-forge"))
+        })
         .collect();
-    assert!(staging.is_empty(), "no staging mount may stay visible: {staging:?}");
-    assert_eq!(fs::read_to_string(host.p("usr/share/good.txt")).unwrap().len(), 100_000);
+    assert!(
+        staging.is_empty(),
+        "no staging mount may stay visible: {staging:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(host.p("usr/share/good.txt"))
+            .unwrap()
+            .len(),
+        100_000
+    );
     assert!(!host.p("usr/share/flipped.txt").exists());
 
     // `status` tells how each merged image was checked.
     let st = merge_runtime::status(&host.options()).unwrap();
-    let usr = st.hierarchies.iter().find(|h| h.hierarchy == "/usr").unwrap();
-    let modes: BTreeMap<_, _> = usr.images.iter().map(|i| (i.name.clone(), i.verification)).collect();
+    let usr = st
+        .hierarchies
+        .iter()
+        .find(|h| h.hierarchy == "/usr")
+        .unwrap();
+    let modes: BTreeMap<_, _> = usr
+        .images
+        .iter()
+        .map(|i| (i.name.clone(), i.verification))
+        .collect();
     assert_eq!(modes["good"], VerityMode::UserSpace);
     assert_eq!(modes.len(), 2);
 
     merge_runtime::unmerge(&host.options()).unwrap();
     assert!(mounts_below(host.path()).is_empty());
-    assert_eq!(wait_loops_gone(&all), Vec::<String>::new(), "loop devices left after unmerge");
+    assert_eq!(
+        wait_loops_gone(&all),
+        Vec::<String>::new(),
+        "loop devices left after unmerge"
+    );
 }

@@ -35,6 +35,8 @@ Examples:
   bakery keygen --out keys
   bakery build examples/hello --key keys/signing.key
   bakery build examples/hello --arch x86-64 --output /srv/feed/hello
+  bakery publish --feed /srv/feed --base-url https://feed.example.org \
+      --pgp-key keys/openpgp.key --verity-cert keys/signing.crt out
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) bakery build recipes/wasmtime
 
 Run 'bakery help <COMMAND>' for the options of a command.";
@@ -54,12 +56,13 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands. New ones (publish, versions, lock, list) are
-/// added here as variants with their own `Args` struct.
+/// The subcommands. New ones (versions, lock, list) are added here as
+/// variants with their own `Args` struct.
 #[derive(Subcommand)]
 enum Command {
     Build(BuildArgs),
     Keygen(KeygenArgs),
+    Publish(PublishArgs),
 }
 
 const BUILD_LONG_ABOUT: &str = "\
@@ -258,6 +261,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => build(args),
         Command::Keygen(args) => keygen(args),
+        Command::Publish(args) => publish(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,7 +316,11 @@ fn print_report(r: &BuildReport) {
     );
     let files = |i: &bakery::build::BuiltImage| {
         std::iter::once((i.path.clone(), i.size, i.sha256))
-            .chain(i.sidecars.iter().map(|f| (f.path.clone(), f.size, f.sha256)))
+            .chain(
+                i.sidecars
+                    .iter()
+                    .map(|f| (f.path.clone(), f.size, f.sha256)),
+            )
             .collect::<Vec<_>>()
     };
     let width = r
@@ -342,6 +350,190 @@ fn print_report(r: &BuildReport) {
     if let Some(why) = &r.unsigned {
         println!("{why}");
     }
+}
+
+const PUBLISH_LONG_ABOUT: &str = "\
+Publish sealed images into a feed that systemd-sysupdate (and 'sysext
+update') can follow: a directory per extension with the images, SHA256SUMS
+and its detached OpenPGP signature SHA256SUMS.gpg, transfer files (.conf
+and .transfer, one per stream), Butane and Ignition snippets for nodes, and
+a signed catalogue.json of every extension. With --github the feed
+directory is then mirrored to GitHub Releases (one rolling release per
+extension, so one URL directory holds its manifest and images).
+
+IMAGES are NAME-VERSION-ARCH.raw files or 'bakery build' output
+directories. Every image is checked before anything is published: its
+sha256 against the build's SHA256SUMS beside it, its dm-verity tree, and
+its root-hash signature against --verity-cert (the certificate nodes
+install in /etc/verity.d, which the snippets carry). Bare and unsigned
+images are refused unless --allow-unsigned is given.
+
+Publishing is idempotent: running it again with the same inputs changes
+nothing. Files appear atomically and in an order that never lets a client
+see a manifest naming a file that is not there yet. Retention keeps the
+newest --keep versions of every stream and never drops the version a
+stream points at.";
+
+const PUBLISH_EXAMPLES: &str = "\
+Examples:
+  Publish a build into a directory served at https://feed.example.org/:
+    bakery publish --feed /srv/feed --base-url https://feed.example.org \\
+        --pgp-key keys/openpgp.key --verity-cert keys/signing.crt out
+
+  Publish to GitHub Releases of example/sysexts (token in GITHUB_TOKEN):
+    bakery publish --feed feed --github example/sysexts \\
+        --pgp-key keys/openpgp.key --verity-cert keys/signing.crt out
+
+  Manifests valid for 30 days, keep 5 versions per stream:
+    bakery publish --feed feed --base-url https://feed.example.org \\
+        --best-before-days 30 --keep 5 --pgp-key keys/openpgp.key \\
+        --verity-cert keys/signing.crt out/wasmtime-25.0.1-x86-64.raw
+
+Environment:
+  BAKERY_PGP_KEY      OpenPGP secret key file (--pgp-key wins)
+  BAKERY_VERITY_CERT  verity certificate file (--verity-cert wins)
+  GITHUB_TOKEN        token for --github";
+
+#[derive(Args)]
+#[command(
+    about = "Publish sealed images into a signed feed (directory or GitHub Releases)",
+    long_about = PUBLISH_LONG_ABOUT,
+    after_help = PUBLISH_EXAMPLES
+)]
+struct PublishArgs {
+    /// Image files (NAME-VERSION-ARCH.raw) or build output directories.
+    #[arg(value_name = "IMAGES|OUTDIR", required = true)]
+    inputs: Vec<PathBuf>,
+
+    /// The feed directory (created if missing); with --github, the local
+    /// copy that is mirrored.
+    #[arg(long, value_name = "DIR")]
+    feed: PathBuf,
+
+    /// URL the feed directory is served at; NAME/ is appended per
+    /// extension, or put {name} where it belongs.
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+
+    /// Publish to GitHub Releases of this repository (GITHUB_TOKEN).
+    #[arg(long, value_name = "OWNER/REPO")]
+    github: Option<String>,
+
+    /// GitHub API URL (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, value_name = "URL", requires = "github")]
+    github_api_url: Option<String>,
+
+    /// GitHub web URL that download links start with.
+    #[arg(long, value_name = "URL", requires = "github")]
+    github_web_url: Option<String>,
+
+    /// Also keep one GitHub release per version, for provenance.
+    #[arg(long, requires = "github")]
+    provenance: bool,
+
+    /// Versions to keep per stream (default 3).
+    #[arg(long, value_name = "N")]
+    keep: Option<std::num::NonZeroUsize>,
+
+    /// OpenPGP secret key that signs SHA256SUMS (openpgp.key from 'bakery
+    /// keygen'; default: $BAKERY_PGP_KEY).
+    #[arg(long, value_name = "PATH")]
+    pgp_key: Option<PathBuf>,
+
+    /// PEM certificate the images must be signed by; nodes get it in
+    /// /etc/verity.d from the snippets (default: $BAKERY_VERITY_CERT).
+    #[arg(long, value_name = "PATH")]
+    verity_cert: Option<PathBuf>,
+
+    /// Write BEST-BEFORE this many days ahead into every manifest, so that
+    /// nodes refuse a feed frozen by an attacker.
+    #[arg(long, value_name = "N")]
+    best_before_days: Option<u32>,
+
+    /// The extension name, when it cannot be told from the file names.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// Publish bare or unsigned images too.
+    #[arg(long)]
+    allow_unsigned: bool,
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    use bakery::publish::{GithubSettings, PublishSettings};
+    let github = match &args.github {
+        Some(slug) => Some(GithubSettings {
+            repo: slug
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--github {slug:?}: {e}"))?,
+            api_url: args.github_api_url.clone(),
+            web_url: args.github_web_url.clone(),
+            provenance: args.provenance,
+        }),
+        None => None,
+    };
+    let name = match &args.name {
+        Some(n) => Some(releases::ExtensionName::new(n.clone()).context("--name")?),
+        None => None,
+    };
+    let settings = PublishSettings {
+        feed_dir: args.feed.clone(),
+        inputs: args.inputs,
+        name,
+        base_url: args.base_url,
+        github,
+        keep: args.keep,
+        best_before_days: args.best_before_days,
+        pgp_key: args.pgp_key,
+        verity_cert: args.verity_cert,
+        allow_unsigned: args.allow_unsigned,
+    }
+    .with_env_defaults();
+    let observer = |e: &releases::FeedEvent| match e {
+        releases::FeedEvent::Wrote(p) => println!("  wrote   {}", p.display()),
+        releases::FeedEvent::Removed(p) => println!("  removed {}", p.display()),
+    };
+    println!("publishing to {}", args.feed.display());
+    let out = bakery::publish::publish(&settings, Some(&observer))
+        .with_context(|| format!("cannot publish to {}", args.feed.display()))?;
+    for i in &out.images {
+        let how = match (&i.signer, i.format) {
+            (Some(fp), f) => format!("{f}, signed by certificate sha256 {fp}"),
+            (None, f) => format!("{f}, unsigned"),
+        };
+        println!(
+            "  {} {} {}: {} ({how})",
+            i.image.name,
+            i.image.version,
+            i.image.arch,
+            i.image.path.display()
+        );
+    }
+    if out.feed.is_noop() {
+        println!("feed unchanged (already up to date)");
+    }
+    println!("feed URL {}", out.feed_url);
+    println!("manifests signed by OpenPGP key {}", out.pgp_fingerprint);
+    if let Some(g) = &out.github {
+        for r in &g.releases {
+            if r.is_noop() {
+                println!("  release {}: unchanged", r.tag);
+                continue;
+            }
+            println!(
+                "  release {}: {} uploaded, {} replaced, {} deleted, {} cleaned up",
+                r.tag,
+                r.uploaded.len(),
+                r.replaced.len(),
+                r.deleted.len(),
+                r.cleaned.len()
+            );
+        }
+    }
+    if out.images.iter().any(|i| i.signer.is_none()) {
+        println!("unsigned: some images carry no signature (--allow-unsigned)");
+    }
+    Ok(())
 }
 
 fn keygen(args: KeygenArgs) -> anyhow::Result<()> {

@@ -125,8 +125,8 @@ pub struct SquashfsOptions {
     pub level: Option<i32>,
     /// Data block size in bytes: a power of two from 4096 to 1 MiB.
     pub block_size: u32,
-    /// Compression threads; 0 means one per available core. The image bytes
-    /// do not depend on it.
+    /// Compression threads; 0 means one per available core (at most 256
+    /// are used). The image bytes do not depend on it.
     pub threads: usize,
 }
 
@@ -215,6 +215,10 @@ pub enum SquashfsError {
     TooLarge(&'static str),
 }
 
+/// Each compression thread holds a compressor context (a few MiB for zstd
+/// at high levels), so the count is capped.
+const MAX_THREADS: usize = 256;
+
 /// Options checked and resolved once: level filled in, block log computed,
 /// thread count decided.
 #[derive(Debug, Clone, Copy)]
@@ -261,7 +265,8 @@ impl SquashfsOptions {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             self.threads
-        };
+        }
+        .min(MAX_THREADS);
         Ok(Resolved {
             compression: c,
             level,

@@ -67,7 +67,11 @@ pub struct Host {
 impl Drop for Host {
     fn drop(&mut self) {
         // Lazily: merged trees below may still be mounted.
-        let _ = Command::new("umount").arg("-R").arg("-l").arg(self.path()).status();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(self.path())
+            .status();
     }
 }
 
@@ -75,9 +79,19 @@ impl Host {
     /// `usr/lib/os-release` = `ID=debian VERSION_ID=12`, `usr/share/common.txt`
     /// = `host`, plus the extension directories.
     pub fn new() -> Host {
-        let dir = tempfile::Builder::new().prefix("rt-host").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("rt-host")
+            .tempdir()
+            .unwrap();
         let p = dir.path();
-        for d in ["etc/extensions", "run/extensions", "var/lib/extensions", "usr/lib", "usr/share", "etc/verity.d"] {
+        for d in [
+            "etc/extensions",
+            "run/extensions",
+            "var/lib/extensions",
+            "usr/lib",
+            "usr/share",
+            "etc/verity.d",
+        ] {
             fs::create_dir_all(p.join(d)).unwrap();
         }
         fs::write(p.join("usr/lib/os-release"), "ID=debian\nVERSION_ID=12\n").unwrap();
@@ -120,17 +134,20 @@ pub fn ext_tree(dir: &Path, name: &str, release: &str, files: &[(&str, &str)]) {
 /// `mksquashfs SRC OUT` (root-owned, padded to 4 KiB as by default).
 pub fn squashfs(src: &Path, out: &Path) {
     let _ = fs::remove_file(out);
-    run_ok(
-        Command::new("mksquashfs")
-            .arg(src)
-            .arg(out)
-            .args(["-noappend", "-quiet", "-all-root", "-no-progress"]),
-    );
+    run_ok(Command::new("mksquashfs").arg(src).arg(out).args([
+        "-noappend",
+        "-quiet",
+        "-all-root",
+        "-no-progress",
+    ]));
 }
 
 /// Builds a squashfs extension image at `out` from a fresh tree.
 pub fn squashfs_ext(work: &Path, out: &Path, name: &str, release: &str, files: &[(&str, &str)]) {
-    let src = work.join(format!("src-{name}-{}", out.file_name().unwrap().to_string_lossy()));
+    let src = work.join(format!(
+        "src-{name}-{}",
+        out.file_name().unwrap().to_string_lossy()
+    ));
     let _ = fs::remove_dir_all(&src);
     ext_tree(&src, name, release, files);
     squashfs(&src, out);
@@ -138,7 +155,12 @@ pub fn squashfs_ext(work: &Path, out: &Path, name: &str, release: &str, files: &
 
 /// `veritysetup format DATA HASH`; returns the root hash (hex).
 pub fn veritysetup_format(data: &Path, hash: &Path) -> String {
-    let out = run_ok(Command::new("veritysetup").arg("format").arg(data).arg(hash));
+    let out = run_ok(
+        Command::new("veritysetup")
+            .arg("format")
+            .arg(data)
+            .arg(hash),
+    );
     out.lines()
         .find_map(|l| l.strip_prefix("Root hash:"))
         .map(|s| s.trim().to_string())
@@ -165,7 +187,9 @@ pub fn openssl_key(dir: &Path, cn: &str) -> Key {
     let cert = dir.join(format!("{cn}.crt"));
     run_ok(
         Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj",
+            ])
             .arg(format!("/CN={cn}"))
             .arg("-keyout")
             .arg(&key)
@@ -183,7 +207,9 @@ pub fn sign_root_hash(root_hash: &str, key: &Key, work: &Path) -> Vec<u8> {
     fs::write(&input, root_hash).unwrap();
     run_ok(
         Command::new("openssl")
-            .args(["smime", "-sign", "-nocerts", "-noattr", "-binary", "-outform", "der"])
+            .args([
+                "smime", "-sign", "-nocerts", "-noattr", "-binary", "-outform", "der",
+            ])
             .arg("-in")
             .arg(&input)
             .arg("-inkey")
@@ -203,7 +229,14 @@ pub fn trust(host: &Host, key: &Key, name: &str) {
 
 fn uuid_of(bytes: &[u8]) -> String {
     let h = hex::encode(bytes);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn cert_fingerprint(cert: &Path) -> String {
@@ -242,7 +275,12 @@ pub fn ddi(fs_image: &Path, out: &Path, key: Option<&Key>, work: &Path) -> Ddi {
     fs::copy(fs_image, &data).unwrap();
     let len = fs::metadata(&data).unwrap().len();
     let padded = len.div_ceil(4096) * 4096;
-    fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(padded).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(padded)
+        .unwrap();
     let hash = work.join(format!("{stem}.hash"));
     let root = veritysetup_format(&data, &hash);
     let root_bytes = hex::decode(&root).unwrap();
@@ -279,10 +317,28 @@ pub fn ddi(fs_image: &Path, out: &Path, key: Option<&Key>, work: &Path) -> Ddi {
             len / 512
         )
     };
-    script += &part(data_off, data_len, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", &uuid_of(&root_bytes[..16]), "root-x86-64");
-    script += &part(hash_off, hash_len_al, "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5", &uuid_of(&root_bytes[16..]), "root-x86-64-verity");
+    script += &part(
+        data_off,
+        data_len,
+        "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+        &uuid_of(&root_bytes[..16]),
+        "root-x86-64",
+    );
+    script += &part(
+        hash_off,
+        hash_len_al,
+        "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
+        &uuid_of(&root_bytes[16..]),
+        "root-x86-64-verity",
+    );
     if sig_content.is_some() {
-        script += &part(sig_off, sig_len, "41092b05-9fc8-4523-994f-2def0408b176", "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9", "root-x86-64-verity-sig");
+        script += &part(
+            sig_off,
+            sig_len,
+            "41092b05-9fc8-4523-994f-2def0408b176",
+            "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9",
+            "root-x86-64-verity-sig",
+        );
     }
     let mut child = Command::new("sfdisk")
         .args(["--quiet", "--no-reread", "--no-tell-kernel"])
@@ -292,9 +348,18 @@ pub fn ddi(fs_image: &Path, out: &Path, key: Option<&Key>, work: &Path) -> Ddi {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "sfdisk failed: {}\n{script}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "sfdisk failed: {}\n{script}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     write_at(out, data_off, &fs::read(&data).unwrap());
     write_at(out, hash_off, &fs::read(&hash).unwrap());
     if let Some(s) = &sig_content {
@@ -351,9 +416,14 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Entry> {
                 walk(base, &p, out);
                 Entry::Dir { mode }
             } else if md.is_file() {
-                Entry::File { mode, content: fs::read(&p).unwrap() }
+                Entry::File {
+                    mode,
+                    content: fs::read(&p).unwrap(),
+                }
             } else if md.file_type().is_symlink() {
-                Entry::Symlink { target: fs::read_link(&p).unwrap() }
+                Entry::Symlink {
+                    target: fs::read_link(&p).unwrap(),
+                }
             } else {
                 Entry::Other
             };
@@ -384,7 +454,13 @@ pub fn loops_backed_by(files: &[PathBuf]) -> Vec<String> {
         .filter_map(|f| fs::metadata(f).ok())
         .map(|m| (m.dev(), m.ino()))
         .collect();
-    let out = run_ok(Command::new("losetup").args(["--list", "--noheadings", "--raw", "-O", "NAME,BACK-INO,BACK-MAJ:MIN"]));
+    let out = run_ok(Command::new("losetup").args([
+        "--list",
+        "--noheadings",
+        "--raw",
+        "-O",
+        "NAME,BACK-INO,BACK-MAJ:MIN",
+    ]));
     out.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -402,7 +478,10 @@ pub fn loops_backed_by(files: &[PathBuf]) -> Vec<String> {
 }
 
 fn libc_makedev(major: u64, minor: u64) -> u64 {
-    ((major & 0xfffff000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffffff00) << 12) | (minor & 0xff)
+    ((major & 0xfffff000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffffff00) << 12)
+        | (minor & 0xff)
 }
 
 /// Waits (up to 5 s) until no loop device is backed by `files`; returns
@@ -429,7 +508,11 @@ pub fn systemd_status(root: &Path) -> serde_json::Value {
            mount -t overlay overlay -o lowerdir={r}/$h:/$h /$h; fi; done; \
          exec systemd-sysext status --root={r} --json=short"
     );
-    let out = run_ok(Command::new("unshare").args(["--mount", "--propagation", "private", "--", "sh", "-ec"]).arg(script));
+    let out = run_ok(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-ec"])
+            .arg(script),
+    );
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("systemd-sysext status JSON: {e}: {out}"))
 }
 
