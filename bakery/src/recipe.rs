@@ -504,7 +504,7 @@ impl RecipeTemplate {
 enum VersionMode {
     /// The recipe must give its version (a plain local recipe).
     Required,
-    /// The version was resolved elsewhere (lock, upstream, `--version`).
+    /// The version was resolved elsewhere (lock, upstream, `--upstream-version`).
     Resolved(Version),
     /// Only validating: a missing version is fine.
     Template,
@@ -715,7 +715,7 @@ impl Ctx<'_> {
                     v.span(),
                     "version",
                     "a recipe with [upstream] takes its version from upstream or the lock file",
-                    Some("remove `version` (pick a version with `bakery build NAME --version V` or pin it with `bakery lock`)".to_string()),
+                    Some("remove `version` (pick a version with `bakery build NAME --upstream-version V` or pin it with `bakery lock`)".to_string()),
                 ))
             }
             (Some(v), mode) => {

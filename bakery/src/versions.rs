@@ -247,7 +247,7 @@ pub enum VersionsError {
         stream: Stream,
         available: String,
     },
-    #[error("{recipe}: has no streams (its [upstream] sets no `streams`); build it as {recipe} or with --version")]
+    #[error("{recipe}: has no streams (its [upstream] sets no `streams`); build it as {recipe}, or pick a version with --upstream-version")]
     NoStreams { recipe: String },
     #[error("{recipe}: version {version} is not in stream {stream}")]
     VersionNotInStream {

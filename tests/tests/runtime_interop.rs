@@ -84,8 +84,10 @@ fn image_set(host: &Host, work: &std::path::Path) -> Vec<PathBuf> {
         FITS,
         &[("usr/share/ver.txt", "1.10\n")],
     );
-    // extension-release under another name, allowed by the xattr.
-    let src = work.join("src-renamed");
+    // extension-release under another name, allowed by the xattr. Built
+    // under the target dir: /tmp may be a tmpfs without user xattrs.
+    let xattr_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let src = xattr_dir.path().join("src-renamed");
     ext_tree(
         &src,
         "original",

@@ -668,13 +668,37 @@ fn update_cycle_v1_to_v2_and_health_check_rollback() {
     ] {
         r.assert_pass(c);
     }
-    let status = json(r, "upd-status");
-    assert!(
-        images(&status)
-            .iter()
-            .any(|i| i["name"] == EXT && i["verification"] == "kernel-verity+userspace-signature"),
-        "{status:#}"
+    // v1 -> v2 from the feed (manifest signature checked), health check passed.
+    let up = json(r, "upd-update");
+    let c = &up["components"][0];
+    assert_eq!(c["component"], EXT, "{up:#}");
+    assert_eq!(c["outcome"], "installed", "{up:#}");
+    assert_eq!(
+        (c["current_before"].as_str(), c["current_after"].as_str()),
+        (Some("1"), Some("2")),
+        "{up:#}"
     );
+    assert_eq!(c["manifests"][0]["verified"], true, "{up:#}");
+    // The failing health check took the other node back to v1.
+    let rb = json(r, "rb-update");
+    let c = &rb["components"][0];
+    assert_eq!(c["outcome"], "rolled-back", "{rb:#}");
+    assert_eq!(
+        (c["version"].as_str(), c["current_after"].as_str()),
+        (Some("2"), Some("1")),
+        "{rb:#}"
+    );
+    // Both merged through kernel dm-verity.
+    for blob in ["upd-status", "rb-status"] {
+        let status = json(r, blob);
+        assert!(
+            images(&status)
+                .iter()
+                .any(|i| i["name"] == EXT
+                    && i["verification"] == "kernel-verity+userspace-signature"),
+            "{blob}: {status:#}"
+        );
+    }
 }
 
 #[test]

@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sysupdate::Arch;
 
 use bakery::build::{BuildOptions, BuildReport};
+use bakery::fetch::github::GithubApi;
+use bakery::fetch::{Cache, FetchOptions, Fetcher, MirrorSet, Renderer};
+use bakery::inputs::{CookOptions, Outcome, RecipeRef};
 use bakery::seal::{KeyArgs, SealFormat, SealOptions};
 use bakery::squashfs::{Compression, SquashfsOptions};
 use bakery::stage::SourceDateEpoch;
@@ -56,17 +59,36 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands. New ones (versions, lock, list) are added here as
-/// variants with their own `Args` struct.
+/// The subcommands, each with its own `Args` struct.
 #[derive(Subcommand)]
 enum Command {
     Build(BuildArgs),
     Keygen(KeygenArgs),
     Publish(PublishArgs),
+    Versions(VersionsArgs),
+    Lock(LockArgs),
+    List(ListArgs),
 }
 
 const BUILD_LONG_ABOUT: &str = "\
-Build a recipe into sysext images, one per architecture.
+Build recipes into sysext images, one per architecture.
+
+RECIPE is a recipe directory, or a name under --recipes-dir: NAME, or
+NAME-STREAM for the newest version of a stream (kubernetes-v1.30 = the
+newest v1.30.x). Several recipes are built in one run, their downloads
+fetched in parallel.
+
+Recipes with remote inputs: when the lock file (recipes/NAME/bakery.lock
+or NAME-STREAM.lock, written by 'bakery lock') exists, its versions, URLs
+and sha256 digests are used and upstream is asked nothing. Without it the
+version is resolved upstream and each input is checked against the
+checksum file upstream publishes; inputs with no published checksum need
+a lock pin, or --allow-unpinned (recorded as \"unpinned\" in the
+provenance file). Every download is verified while it streams into the
+download cache; a cached input is never downloaded again. Beside each
+image, NAME-VERSION-ARCH.provenance.json records the inputs, how each was
+verified, and the input fingerprint: when the outputs for exactly these
+inputs and options exist, nothing is rebuilt (--force rebuilds).
 
 Writes NAME-VERSION-ARCH.raw for each architecture into the output
 directory and adds or replaces the lines of every file it wrote in
@@ -107,6 +129,12 @@ Examples:
   Build every architecture of the bundled example into ./out:
     bakery build examples/hello
 
+  The newest Kubernetes v1.30 patch (from its lock file, if there is one):
+    bakery build kubernetes-v1.30
+
+  Every download from an internal mirror instead of upstream:
+    bakery build docker --mirror https://download.docker.com/=http://mirror.local/docker/
+
   Build only x86-64, with gzip, into another directory:
     bakery build examples/hello --arch x86-64 --compression gzip --output /tmp/images
 
@@ -121,6 +149,9 @@ Examples:
 
 Environment:
   SOURCE_DATE_EPOCH              mtime of every inode (default 0)
+  GITHUB_TOKEN                   sent to api.github.com when listing releases
+  XDG_CACHE_HOME                 download cache in $XDG_CACHE_HOME/bakery
+  XDG_CONFIG_HOME                mirror rules in $XDG_CONFIG_HOME/bakery/mirrors.toml
   BAKERY_SIGNING_KEY             signing key: path or PEM text (--key wins)
   BAKERY_SIGNING_CERT            its certificate: path or PEM text
   BAKERY_SIGNING_KEY_PASSPHRASE  passphrase of an encrypted key";
@@ -132,9 +163,26 @@ Environment:
     after_help = BUILD_EXAMPLES
 )]
 struct BuildArgs {
-    /// The recipe directory (holds recipe.toml and optionally files/).
-    #[arg(value_name = "RECIPE-DIR")]
-    recipe: PathBuf,
+    /// Recipe directories or names (NAME, NAME-STREAM) under --recipes-dir.
+    #[arg(value_name = "RECIPE", required = true)]
+    recipes: Vec<String>,
+
+    /// Build this upstream version instead of the locked or newest one
+    /// (one recipe only).
+    #[arg(long = "upstream-version", value_name = "VERSION")]
+    pin_version: Option<sysupdate::Version>,
+
+    /// Accept inputs that have neither a published checksum nor a lock
+    /// pin; the provenance file records them as unpinned.
+    #[arg(long)]
+    allow_unpinned: bool,
+
+    /// Rebuild even if the output for exactly these inputs exists.
+    #[arg(long)]
+    force: bool,
+
+    #[command(flatten)]
+    net: NetArgs,
 
     /// Build only this architecture (systemd name: x86-64, arm64, …); repeat
     /// for several. Default: every architecture the recipe lists.
@@ -256,12 +304,218 @@ impl From<CompressionArg> for Compression {
     }
 }
 
+/// Where downloads come from and go.
+#[derive(Args)]
+struct NetArgs {
+    /// Directory holding the recipes that NAME arguments refer to.
+    #[arg(long, value_name = "DIR", default_value = bakery::inputs::RECIPES_DIR)]
+    recipes_dir: PathBuf,
+
+    /// Rewrite URLs that start with FROM to start with TO instead (both
+    /// end in '/'); repeat for several. Wins over the mirror file.
+    #[arg(long = "mirror", value_name = "FROM=TO")]
+    mirrors: Vec<String>,
+
+    /// Mirror rules file ([[mirror]] from/to tables; default:
+    /// $XDG_CONFIG_HOME/bakery/mirrors.toml if it exists).
+    #[arg(long, value_name = "PATH")]
+    mirror_file: Option<PathBuf>,
+
+    /// Download cache (default: $XDG_CACHE_HOME/bakery).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Downloads running at the same time (1 downloads one after another).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    jobs: usize,
+}
+
+impl NetArgs {
+    fn fetcher(&self) -> anyhow::Result<(Fetcher, GithubApi)> {
+        let mut mirrors = MirrorSet::from_flags(&self.mirrors)?;
+        match &self.mirror_file {
+            Some(p) => mirrors.extend(MirrorSet::load(p)?),
+            None => mirrors.extend(MirrorSet::load_default()?),
+        }
+        let cache = match &self.cache_dir {
+            Some(d) => Cache::new(d),
+            None => Cache::open_default()?,
+        };
+        let opts = FetchOptions {
+            concurrency: self.jobs,
+            mirrors,
+            ..FetchOptions::default()
+        };
+        let fetcher = Fetcher::new(cache, opts)?.with_progress(Renderer::auto().sink());
+        Ok((fetcher, GithubApi::from_env()))
+    }
+
+    fn recipe(&self, arg: &str) -> anyhow::Result<RecipeRef> {
+        Ok(bakery::inputs::find_recipe(arg, &self.recipes_dir)?)
+    }
+}
+
+const VERSIONS_LONG_ABOUT: &str = "\
+List the versions upstream publishes of a recipe, newest first (UAPI
+version order), from where its [upstream] table says: GitHub releases
+(pre-releases and drafts dropped; GITHUB_TOKEN is sent if set), a
+directory listing, or Kubernetes' schedule.yaml. NAME-STREAM lists one
+stream. For recipes with streams, the newest version of each stream is
+shown too.";
+
+#[derive(Args)]
+#[command(
+    about = "List the upstream versions of a recipe (NAME or NAME-STREAM)",
+    long_about = VERSIONS_LONG_ABOUT,
+    after_help = "Examples:\n  bakery versions k3s\n  bakery versions kubernetes-v1.30"
+)]
+struct VersionsArgs {
+    /// Recipe directory or name (NAME, NAME-STREAM).
+    #[arg(value_name = "RECIPE")]
+    recipe: String,
+
+    /// Show at most this many versions (0 = all).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    limit: usize,
+
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+const LOCK_LONG_ABOUT: &str = "\
+Resolve a recipe (or one of its streams) against upstream and write its
+lock file: recipes/NAME/bakery.lock, or recipes/NAME/NAME-STREAM.lock. It
+records the version, every secondary input's version (CNI plugins, runc),
+and for every input and architecture its URL and sha256. Digests come from
+the checksum files upstream publishes; inputs without one are downloaded
+once and their digest pinned ('checked = \"pinned\"'). 'bakery build'
+then uses exactly these inputs and asks upstream nothing.";
+
+#[derive(Args)]
+#[command(
+    about = "Pin a recipe's versions and input digests in its lock file",
+    long_about = LOCK_LONG_ABOUT,
+    after_help = "Examples:\n  bakery lock kubernetes-v1.30\n  bakery lock docker --upstream-version 27.1.1"
+)]
+struct LockArgs {
+    /// Recipe directories or names (NAME, NAME-STREAM).
+    #[arg(value_name = "RECIPE", required = true)]
+    recipes: Vec<String>,
+
+    /// Lock this version instead of the newest (one recipe only).
+    #[arg(long = "upstream-version", value_name = "VERSION")]
+    pin_version: Option<sysupdate::Version>,
+
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args)]
+#[command(
+    about = "List the recipes with their architectures, streams and lock files",
+    after_help = "Examples:\n  bakery list\n  bakery list --recipes-dir /srv/recipes"
+)]
+struct ListArgs {
+    /// Directory holding the recipes.
+    #[arg(long, value_name = "DIR", default_value = bakery::inputs::RECIPES_DIR)]
+    recipes_dir: PathBuf,
+}
+
+fn versions(args: VersionsArgs) -> anyhow::Result<()> {
+    let r = args.net.recipe(&args.recipe)?;
+    let (fetcher, github) = args.net.fetcher()?;
+    let list = bakery::inputs::versions(&fetcher, &github, &r)
+        .with_context(|| format!("cannot list the versions of {}", r.target()))?;
+    let has_streams = r
+        .template
+        .remote
+        .as_ref()
+        .and_then(|x| x.upstream.as_ref())
+        .is_some_and(|u| u.streams.is_some());
+    if has_streams && r.stream.is_none() {
+        println!("streams (newest version of each):");
+        for (s, v) in bakery::versions::streams(&list).into_iter().take(8) {
+            println!("  {}-{s}  {v}", r.template.name);
+        }
+        println!("versions:");
+    }
+    let shown = if args.limit == 0 { list.len() } else { args.limit };
+    for v in list.iter().take(shown) {
+        println!("{v}");
+    }
+    if list.len() > shown {
+        println!("… and {} more (--limit 0 shows all)", list.len() - shown);
+    }
+    Ok(())
+}
+
+fn lock(args: LockArgs) -> anyhow::Result<()> {
+    if args.pin_version.is_some() && args.recipes.len() > 1 {
+        anyhow::bail!("--upstream-version applies to one recipe; name only one");
+    }
+    let (fetcher, github) = args.net.fetcher()?;
+    for arg in &args.recipes {
+        let r = args.net.recipe(arg)?;
+        let (l, path) = bakery::inputs::lock(&fetcher, &github, &r, args.pin_version.clone())
+            .with_context(|| format!("cannot lock {}", r.target()))?;
+        let secondary: Vec<String> = l
+            .versions
+            .secondary
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "locked {} at {}{} ({} inputs): {}",
+            r.target(),
+            l.versions.main,
+            if secondary.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", secondary.join(", "))
+            },
+            l.inputs.len(),
+            path.display()
+        );
+        for i in &l.inputs {
+            if i.checked == bakery::lock::Checked::Pinned {
+                println!(
+                    "  {} ({}): no published checksum; pinned sha256 {}",
+                    i.source, i.arch, i.sha256
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let all = bakery::inputs::list(&args.recipes_dir)
+        .with_context(|| format!("cannot list {}", args.recipes_dir.display()))?;
+    if all.is_empty() {
+        println!("no recipes in {}", args.recipes_dir.display());
+    }
+    for r in all {
+        let arches: Vec<&str> = r.architectures.iter().map(|a| a.as_str()).collect();
+        println!("{}  {}", r.name, r.description);
+        println!("  architectures: {}", arches.join(", "));
+        println!("  versions:      {}", r.versions_from);
+        println!("  streams:       {}", r.streams.unwrap_or("none"));
+        for (target, v) in &r.locks {
+            println!("  locked:        {target} = {v}");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(args) => build(args),
         Command::Keygen(args) => keygen(args),
         Command::Publish(args) => publish(args),
+        Command::Versions(args) => versions(args),
+        Command::Lock(args) => lock(args),
+        Command::List(args) => list(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -297,9 +551,53 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             key: key.map(std::sync::Arc::new),
         },
     };
-    let report = bakery::build::build(&args.recipe, &opts)
-        .with_context(|| format!("cannot build {}", args.recipe.display()))?;
-    print_report(&report);
+    if args.pin_version.is_some() && args.recipes.len() > 1 {
+        anyhow::bail!("--upstream-version applies to one recipe; name only one");
+    }
+    let targets = args
+        .recipes
+        .iter()
+        .map(|a| args.net.recipe(a).with_context(|| format!("cannot build {a}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (fetcher, github) = args.net.fetcher()?;
+    let cook = CookOptions {
+        build: opts,
+        allow_unpinned: args.allow_unpinned,
+        force: args.force,
+        version: args.pin_version,
+    };
+    let names: Vec<String> = targets.iter().map(|t| t.target()).collect();
+    let reports = bakery::inputs::cook(&fetcher, &github, &targets, &cook)
+        .with_context(|| format!("cannot build {}", names.join(", ")))?;
+    for r in reports {
+        if let Some(l) = &r.from_lock {
+            println!("{}: inputs from {}", r.target, l.display());
+        }
+        match &r.outcome {
+            Outcome::Built(report) => print_report(report),
+            Outcome::UpToDate(images) => {
+                println!(
+                    "{} {}: up to date (recipe, inputs and options unchanged); nothing rebuilt",
+                    r.target, r.version
+                );
+                for i in images {
+                    println!("  {}", i.display());
+                }
+            }
+        }
+        if r.downloaded + r.cached > 0 {
+            println!(
+                "  inputs: {} downloaded, {} from the cache",
+                r.downloaded, r.cached
+            );
+        }
+        for p in &r.provenance {
+            println!("  provenance {}", p.display());
+        }
+        for u in &r.unpinned {
+            println!("  unpinned: {u} was not verified against any checksum (--allow-unpinned)");
+        }
+    }
     Ok(())
 }
 
@@ -561,4 +859,13 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     );
     println!("Keep the private keys secret and out of version control.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
