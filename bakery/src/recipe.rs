@@ -591,8 +591,8 @@ struct RawRecipe {
     units: Option<Spanned<RawUnits>>,
     symlink: Option<Vec<Spanned<crate::source::RawSymlink>>>,
     upstream: Option<Spanned<crate::source::RawUpstream>>,
-    secondary: Option<Spanned<std::collections::BTreeMap<String, Spanned<crate::source::RawUpstream>>>>,
-    arch: Option<Spanned<crate::source::RawArchTable>>,
+    secondary: Option<std::collections::BTreeMap<String, Spanned<crate::source::RawUpstream>>>,
+    arch: Option<crate::source::RawArchTable>,
     source: Option<Vec<Spanned<crate::source::RawSource>>>,
 }
 

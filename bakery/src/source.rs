@@ -857,8 +857,8 @@ pub(crate) fn validate_remote(
     ctx: &Ctx<'_>,
     architectures: &[Arch],
     upstream: Option<Spanned<RawUpstream>>,
-    secondary: Option<Spanned<BTreeMap<String, Spanned<RawUpstream>>>>,
-    arch: Option<Spanned<RawArchTable>>,
+    secondary: Option<BTreeMap<String, Spanned<RawUpstream>>>,
+    arch: Option<RawArchTable>,
     sources: Option<Vec<Spanned<RawSource>>>,
 ) -> Result<Option<Remote>, RecipeError> {
     if upstream.is_none() && secondary.is_none() && arch.is_none() && sources.is_none() {
@@ -869,9 +869,9 @@ pub(crate) fn validate_remote(
     let mut arch_vars: BTreeMap<Arch, BTreeMap<String, String>> = BTreeMap::new();
     let mut var_names: Vec<String> = Vec::new();
     if let Some(table) = arch {
-        let table_span = table.span();
+        let table_span = table.values().next().map_or(0..0, |v| v.span());
         let mut first: Option<(Arch, Vec<String>)> = None;
-        for (name, vars) in table.into_inner() {
+        for (name, vars) in table {
             let a: Arch = name.parse().map_err(|e: sysupdate::arch::UnknownArch| {
                 ctx.err(
                     vars.span(),
@@ -952,7 +952,7 @@ pub(crate) fn validate_remote(
     let mut secondaries = BTreeMap::new();
     let mut secondary_spans = BTreeMap::new();
     if let Some(table) = secondary {
-        for (name, raw) in table.into_inner() {
+        for (name, raw) in table {
             if !is_var_name(&name) {
                 return Err(ctx.err(
                     raw.span(),

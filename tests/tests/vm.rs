@@ -5,8 +5,9 @@
 //!
 //! One boot runs every scenario (each in its own `--root` directory in the
 //! guest) to keep the suite fast; each `#[test]` below checks its part of
-//! that run. Images are built on the host with mksquashfs and sealed with
-//! the `signing` crate (DDI and sidecar forms), signed by a key whose
+//! that run. The DDIs are built by `bakery build --format ddi`; an erofs DDI
+//! and a squashfs with sidecar files are made with mkfs.erofs/mksquashfs
+//! and sealed with the `signing` crate. They are signed by a key whose
 //! certificate the guest roots trust, or by an untrusted one.
 //!
 //! The update cycle (v1 → v2, failed health check → v1) pulls from a feed
@@ -39,25 +40,78 @@ const MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_net",
 ];
-/// The line of `data.bin` whose byte is flipped in the tampered image
-/// (in the middle of the file, far from the filesystem's metadata).
-const TAMPER_LINE: usize = 4000;
+/// Size of `data.bin`: two full 128 KiB squashfs blocks, no fragment.
+const DATA_LEN: usize = 256 * 1024;
+/// Where in `data.bin` a byte is flipped for the tampered image: in the
+/// middle of the second block, far from the filesystem's metadata.
+const TAMPER_AT: usize = 192 * 1024;
 
+/// Pseudo-random, so incompressible: squashfs stores its blocks as they
+/// are (also with compression on), and the tamper test can find them in
+/// the image.
 fn data_bin() -> Vec<u8> {
-    let mut v = Vec::new();
-    for i in 0..8000 {
-        v.extend_from_slice(format!("{EXT} vm-test data line {i:06}\n").as_bytes());
-    }
-    v
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..DATA_LEN)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-/// mksquashfs of an extension tree; data stored uncompressed so that the
-/// bytes of `data.bin` can be found in the image.
-fn squashfs(dir: &Path, version: &str, os_id: &str) -> PathBuf {
+/// Writes the extension's files (`usr/share/EXT/…`) under `root`.
+fn content(root: &Path, version: &str) {
+    let share = root.join("usr/share").join(EXT);
+    fs::create_dir_all(&share).unwrap();
+    fs::write(
+        share.join("hello.txt"),
+        format!("hello from {EXT} {version}\n"),
+    )
+    .unwrap();
+    fs::write(share.join("data.bin"), data_bin()).unwrap();
+}
+
+/// `bakery build --format ddi` of a recipe for `version` that fits hosts
+/// with `ID=os_id VERSION_ID=12`, signed with `key` (PEM path; its
+/// certificate beside it as `.crt`).
+fn bakery_ddi(dir: &Path, version: &str, os_id: &str, key: &Path, out: &Path) -> Vec<u8> {
+    let name = out.file_stem().unwrap().to_string_lossy().into_owned();
+    let recipe = dir.join(format!("recipe-{name}"));
+    content(&recipe.join("files"), version);
+    fs::write(
+        recipe.join("recipe.toml"),
+        format!(
+            "name = \"{EXT}\"\nversion = \"{version}\"\ndescription = \"VM test extension\"\n\
+             os = \"{os_id}\"\nversion-id = \"12\"\narchitectures = [\"x86-64\"]\n"
+        ),
+    )
+    .unwrap();
+    let outdir = dir.join(format!("bakery-out-{name}"));
+    integration_tests::run_ok(
+        Command::new(integration_tests::bakery_bin())
+            .arg("build")
+            .arg(&recipe)
+            .args(["--format", "ddi", "--arch", "x86-64", "--key"])
+            .arg(key)
+            .arg("--output")
+            .arg(&outdir)
+            .env("SOURCE_DATE_EPOCH", "0"),
+    );
+    let built = outdir.join(format!("{EXT}-{version}-x86-64.raw"));
+    fs::copy(&built, out)
+        .unwrap_or_else(|e| panic!("bakery did not write {}: {e}", built.display()));
+    fs::read(out).unwrap()
+}
+
+/// A tree with the extension's files and an extension-release for
+/// `ID=os_id VERSION_ID=12`, for the mksquashfs/mkfs.erofs images.
+fn tree(dir: &Path, version: &str, os_id: &str) -> PathBuf {
     let tree = dir.join(format!("tree-{version}-{os_id}"));
     let rel = tree.join("usr/lib/extension-release.d");
     fs::create_dir_all(&rel).unwrap();
@@ -66,32 +120,27 @@ fn squashfs(dir: &Path, version: &str, os_id: &str) -> PathBuf {
         format!("ID={os_id}\nVERSION_ID=12\nARCHITECTURE=x86-64\n"),
     )
     .unwrap();
-    let share = tree.join("usr/share").join(EXT);
-    fs::create_dir_all(&share).unwrap();
-    fs::write(
-        share.join("hello.txt"),
-        format!("hello from {EXT} {version}\n"),
-    )
-    .unwrap();
-    fs::write(share.join("data.bin"), data_bin()).unwrap();
+    content(&tree, version);
+    tree
+}
+
+/// mksquashfs of [`tree`].
+fn squashfs(dir: &Path, version: &str, os_id: &str) -> PathBuf {
+    let tree = tree(dir, version, os_id);
     let out = dir.join(format!("{EXT}-{version}-{os_id}.squashfs"));
     integration_tests::require_tool("mksquashfs", "squashfs-tools");
     integration_tests::run_ok(Command::new("mksquashfs").arg(&tree).arg(&out).args([
         "-noappend",
         "-all-root",
-        "-noD",
-        "-no-fragments",
         "-no-xattrs",
         "-quiet",
     ]));
     out
 }
 
-/// mkfs.erofs of the tree [`squashfs`] made for `version`/`os_id`
-/// (uncompressed).
+/// mkfs.erofs of [`tree`] (uncompressed).
 fn erofs(dir: &Path, version: &str, os_id: &str) -> PathBuf {
-    let tree = dir.join(format!("tree-{version}-{os_id}"));
-    assert!(tree.is_dir(), "build the squashfs first");
+    let tree = tree(dir, version, os_id);
     let out = dir.join(format!("{EXT}-{version}-{os_id}.erofs"));
     integration_tests::require_tool("mkfs.erofs", "erofs-utils");
     integration_tests::run_ok(
@@ -104,7 +153,13 @@ fn erofs(dir: &Path, version: &str, os_id: &str) -> PathBuf {
     out
 }
 
-fn key(dir: &Path, name: &str) -> (SigningKey, PathBuf) {
+struct TestKey {
+    key: SigningKey,
+    key_path: PathBuf,
+    cert_path: PathBuf,
+}
+
+fn key(dir: &Path, name: &str) -> TestKey {
     let kd = dir.join(name);
     let g = keygen_with(
         &kd,
@@ -115,8 +170,12 @@ fn key(dir: &Path, name: &str) -> (SigningKey, PathBuf) {
         },
     )
     .expect("keygen");
-    let k = SigningKey::from_files(&g.key_path, &g.cert_path, None).expect("load key");
-    (k, g.cert_path)
+    let key = SigningKey::from_files(&g.key_path, &g.cert_path, None).expect("load key");
+    TestKey {
+        key,
+        key_path: g.key_path,
+        cert_path: g.cert_path,
+    }
 }
 
 fn ddi(fs_image: &Path, out: &Path, key: &SigningKey) -> Vec<u8> {
@@ -135,19 +194,17 @@ fn ddi(fs_image: &Path, out: &Path, key: &SigningKey) -> Vec<u8> {
 
 /// Flips one byte inside `data.bin`'s content in `image`.
 fn tamper(image: &[u8]) -> Vec<u8> {
-    let needle = format!("{EXT} vm-test data line {TAMPER_LINE:06}\n");
-    let at = image
+    let data = data_bin();
+    let needle = &data[TAMPER_AT..TAMPER_AT + 64];
+    let mut hits = image
         .windows(needle.len())
-        .position(|w| w == needle.as_bytes())
-        .expect("data.bin's content is stored uncompressed in the image");
-    assert!(
-        image
-            .windows(needle.len())
-            .filter(|w| *w == needle.as_bytes())
-            .count()
-            == 1,
-        "marker must be unique"
-    );
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i);
+    let at = hits
+        .next()
+        .expect("data.bin's (incompressible) blocks are stored as they are in the image");
+    assert!(hits.next().is_none(), "the 64 bytes must occur once");
     let mut t = image.to_vec();
     t[at + 5] ^= 0x01;
     t
@@ -222,6 +279,8 @@ check act-dm-verity sh -c 'dmsetup table | grep -q " verity 1 "'
 run_blob act-dmsetup dmsetup table
 run_blob act-sysfs sh -c 'for d in /sys/block/dm-*; do echo "$d name=$(cat $d/dm/name) uuid=$(cat $d/dm/uuid) ro=$(cat $d/ro) slaves=$(ls $d/slaves | tr "\n" " ")"; done'
 run_blob act-status sysext --root=/sc/act --json=pretty status
+run_blob act-status-human sysext --root=/sc/act status
+check act-status-mode sh -c 'sysext --root=/sc/act status | grep -q "kernel-verity+userspace-signature"'
 run_blob act-keys cat /proc/keys
 run_blob act-dmesg dmesg
 run_blob act-unmerge sysext --root=/sc/act unmerge
@@ -357,22 +416,25 @@ fn build_and_boot() -> Suite {
     let d = dir.path();
 
     // Images.
-    let (trusted, trusted_crt) = key(d, "trusted");
-    let (untrusted, _) = key(d, "untrusted");
-    let fs1 = squashfs(d, "1", "debian");
-    let good = ddi(&fs1, &d.join("good.raw"), &trusted);
-    let v2 = ddi(&squashfs(d, "2", "debian"), &d.join("v2.raw"), &trusted);
-    let ero = ddi(&erofs(d, "1", "debian"), &d.join("erofs.raw"), &trusted);
-    let mismatch = ddi(
-        &squashfs(d, "1", "fedora"),
-        &d.join("mismatch.raw"),
-        &trusted,
+    let trusted = key(d, "trusted");
+    let untrusted = key(d, "untrusted");
+    // The DDIs as `bakery build --format ddi` makes them.
+    let good = bakery_ddi(d, "1", "debian", &trusted.key_path, &d.join("good.raw"));
+    let v2 = bakery_ddi(d, "2", "debian", &trusted.key_path, &d.join("v2.raw"));
+    let mismatch = bakery_ddi(d, "1", "fedora", &trusted.key_path, &d.join("mismatch.raw"));
+    let bad_signer = bakery_ddi(
+        d,
+        "1",
+        "debian",
+        &untrusted.key_path,
+        &d.join("untrusted.raw"),
     );
-    let bad_signer = ddi(&fs1, &d.join("untrusted.raw"), &untrusted);
     let tampered = tamper(&good);
+    // Other forms: erofs in a DDI, squashfs with sidecar files.
+    let ero = ddi(&erofs(d, "1", "debian"), &d.join("erofs.raw"), &trusted.key);
     let side = d.join("side.raw");
-    fs::copy(&fs1, &side).unwrap();
-    signing::sidecar::write_sidecar(&side, Some(&trusted), None).expect("write_sidecar");
+    fs::copy(squashfs(d, "1", "debian"), &side).unwrap();
+    signing::sidecar::write_sidecar(&side, Some(&trusted.key), None).expect("write_sidecar");
     let file = |n: &str| fs::read(d.join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
 
     // Loopback server: the network probe and the update feed.
@@ -396,7 +458,10 @@ fn build_and_boot() -> Suite {
         ("side.verity".to_string(), file("side.verity")),
         ("side.roothash".to_string(), file("side.roothash")),
         ("side.roothash.p7s".to_string(), file("side.roothash.p7s")),
-        ("trusted.crt".to_string(), fs::read(&trusted_crt).unwrap()),
+        (
+            "trusted.crt".to_string(),
+            fs::read(&trusted.cert_path).unwrap(),
+        ),
         ("import-pubring.pgp".to_string(), pubring),
         (format!("{EXT}.transfer"), transfer.into_bytes()),
     ];
@@ -515,6 +580,7 @@ fn vm_boots_debian_kernel_with_device_mapper() {
 fn signed_ddi_activated_through_kernel_dm_verity_and_merged() {
     let r = &suite().run;
     for c in [
+        "act-status-mode",
         "act-file",
         "act-content",
         "act-host-file",
