@@ -448,3 +448,42 @@ fn concurrent_updates_and_refreshes_serialise() {
     assert!(refresh_done >= update_done);
     assert_eq!(node.merged_version().as_deref(), Some("3"));
 }
+
+#[test]
+fn takes_over_a_node_provisioned_like_the_feed_snippet() {
+    if !in_private_ns("takes_over_a_node_provisioned_like_the_feed_snippet") {
+        return;
+    }
+    // The feed's Butane/Ignition snippet places the image and an absolute
+    // link /etc/extensions/NAME.raw -> /opt/extensions/NAME/IMAGE.
+    let work = fresh_dir();
+    let key = image_key(work.path(), "feed");
+    let mut feed = Feed::new(work.path());
+    let v1 = build_image(work.path(), "app", "1", Some(&key), &[], 0);
+    feed.publish(&[("app", "1", &v1)], None);
+    let node = Node::new(&feed, "app", "app.transfer", &cert_pem(&key));
+    fs::create_dir_all(node.p("opt/extensions/app")).unwrap();
+    fs::copy(&v1, node.p("opt/extensions/app/app-1-x86-64.raw")).unwrap();
+    std::os::unix::fs::symlink("/opt/extensions/app/app-1-x86-64.raw", node.p("etc/extensions/app.raw")).unwrap();
+    let out = node.sysext(&["refresh"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(node.merged_version().as_deref(), Some("1"));
+    let r = node.update_ok(&[]);
+    assert_eq!(field(&r, "outcome"), "up-to-date", "{r:#}");
+    assert_eq!(field(&r, "current_before"), "1");
+
+    let v2 = build_image(work.path(), "app", "2", Some(&key), &[], 0);
+    feed.publish(&[("app", "2", &v2)], None);
+    let r = node.update_ok(&[]);
+    assert_eq!(field(&r, "outcome"), "installed");
+    assert_eq!(node.merged_version().as_deref(), Some("2"));
+    assert_eq!(
+        node.state()["components"]["app"]["previous"]["/etc/extensions/app.raw"],
+        "/opt/extensions/app/app-1-x86-64.raw"
+    );
+    // Back to the provisioned image, recorded by its absolute link text.
+    let out = node.sysext(&["rollback", "app"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(node.current().as_deref(), Some("app-1-x86-64.raw"));
+    assert_eq!(node.merged_version().as_deref(), Some("1"));
+}

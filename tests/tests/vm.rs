@@ -79,8 +79,8 @@ fn content(root: &Path, version: &str) {
 
 /// `bakery build --format ddi` of a recipe for `version` that fits hosts
 /// with `ID=os_id VERSION_ID=12`, signed with `key` (PEM path; its
-/// certificate beside it as `.crt`).
-fn bakery_ddi(dir: &Path, version: &str, os_id: &str, key: &Path, out: &Path) -> Vec<u8> {
+/// certificate beside it as `.crt`), or verity-only without a key.
+fn bakery_ddi(dir: &Path, version: &str, os_id: &str, key: Option<&Path>, out: &Path) -> Vec<u8> {
     let name = out.file_stem().unwrap().to_string_lossy().into_owned();
     let recipe = dir.join(format!("recipe-{name}"));
     content(&recipe.join("files"), version);
@@ -93,16 +93,18 @@ fn bakery_ddi(dir: &Path, version: &str, os_id: &str, key: &Path, out: &Path) ->
     )
     .unwrap();
     let outdir = dir.join(format!("bakery-out-{name}"));
-    integration_tests::run_ok(
-        Command::new(integration_tests::bakery_bin())
-            .arg("build")
-            .arg(&recipe)
-            .args(["--format", "ddi", "--arch", "x86-64", "--key"])
-            .arg(key)
-            .arg("--output")
-            .arg(&outdir)
-            .env("SOURCE_DATE_EPOCH", "0"),
-    );
+    let mut cmd = Command::new(integration_tests::bakery_bin());
+    cmd.arg("build")
+        .arg(&recipe)
+        .args(["--format", "ddi", "--arch", "x86-64", "--output"])
+        .arg(&outdir)
+        .env("SOURCE_DATE_EPOCH", "0")
+        .env_remove("BAKERY_SIGNING_KEY")
+        .env_remove("BAKERY_SIGNING_CERT");
+    if let Some(key) = key {
+        cmd.arg("--key").arg(key);
+    }
+    integration_tests::run_ok(&mut cmd);
     let built = outdir.join(format!("{EXT}-{version}-x86-64.raw"));
     fs::copy(&built, out)
         .unwrap_or_else(|e| panic!("bakery did not write {}: {e}", built.display()));
@@ -339,6 +341,17 @@ check unt-no-dm sh -c '! ls -d /sys/block/dm-* 2>/dev/null'
 check unt-no-mount sh -c '! grep -q " /sc/unt" /proc/self/mountinfo'
 check unt-clean wait_clean
 
+# --- unsigned (verity-only) DDI: kernel verity without a signature ---------
+mkroot uns
+cp /sc/images/unsigned.raw /sc/uns/var/lib/extensions/{EXT}.raw
+run_blob uns-signed-merge sysext --root=/sc/uns --policy=signed --json=pretty merge
+check uns-signed-refused sh -c '! test -e /sc/uns/usr/share/{EXT}'
+run_blob uns-merge sysext --root=/sc/uns --policy=verity --json=pretty merge
+check uns-content sh -c 'sha256sum /sc/uns/usr/share/{EXT}/data.bin | grep -q ^{data_sha}'
+check uns-dm-verity sh -c 'dmsetup table | grep " verity 1 " | grep -qv root_hash_sig_key_desc'
+run_blob uns-unmerge sysext --root=/sc/uns unmerge
+check uns-clean wait_clean
+
 # --- refused after mounting (extension-release for another OS) -----------
 mkroot mis
 cp /sc/images/mismatch.raw /sc/mis/var/lib/extensions/{EXT}.raw
@@ -419,16 +432,29 @@ fn build_and_boot() -> Suite {
     let trusted = key(d, "trusted");
     let untrusted = key(d, "untrusted");
     // The DDIs as `bakery build --format ddi` makes them.
-    let good = bakery_ddi(d, "1", "debian", &trusted.key_path, &d.join("good.raw"));
-    let v2 = bakery_ddi(d, "2", "debian", &trusted.key_path, &d.join("v2.raw"));
-    let mismatch = bakery_ddi(d, "1", "fedora", &trusted.key_path, &d.join("mismatch.raw"));
+    let good = bakery_ddi(
+        d,
+        "1",
+        "debian",
+        Some(&trusted.key_path),
+        &d.join("good.raw"),
+    );
+    let v2 = bakery_ddi(d, "2", "debian", Some(&trusted.key_path), &d.join("v2.raw"));
+    let mismatch = bakery_ddi(
+        d,
+        "1",
+        "fedora",
+        Some(&trusted.key_path),
+        &d.join("mismatch.raw"),
+    );
     let bad_signer = bakery_ddi(
         d,
         "1",
         "debian",
-        &untrusted.key_path,
+        Some(&untrusted.key_path),
         &d.join("untrusted.raw"),
     );
+    let unsigned = bakery_ddi(d, "1", "debian", None, &d.join("unsigned.raw"));
     let tampered = tamper(&good);
     // Other forms: erofs in a DDI, squashfs with sidecar files.
     let ero = ddi(&erofs(d, "1", "debian"), &d.join("erofs.raw"), &trusted.key);
@@ -454,6 +480,7 @@ fn build_and_boot() -> Suite {
         ("v2.raw".to_string(), v2),
         ("mismatch.raw".to_string(), mismatch),
         ("erofs.raw".to_string(), ero),
+        ("unsigned.raw".to_string(), unsigned),
         ("side.raw".to_string(), file("side.raw")),
         ("side.verity".to_string(), file("side.verity")),
         ("side.roothash".to_string(), file("side.roothash")),
@@ -820,5 +847,32 @@ fn erofs_ddi_activated_through_kernel_dm_verity() {
             && i["status"] == "merged"
             && i["verification"] == "kernel-verity+userspace-signature"),
         "{merge:#}"
+    );
+}
+
+#[test]
+fn unsigned_ddi_uses_kernel_verity_without_signature() {
+    let r = &suite().run;
+    for c in [
+        "uns-signed-refused",
+        "uns-content",
+        "uns-dm-verity",
+        "uns-clean",
+    ] {
+        r.assert_pass(c);
+    }
+    let refused = json(r, "uns-signed-merge");
+    assert!(
+        images(&refused)
+            .iter()
+            .any(|i| i["name"] == EXT && i["status"] == "refused" && i["stage"] == "policy"),
+        "{refused:#}"
+    );
+    let merged = json(r, "uns-merge");
+    assert!(
+        images(&merged).iter().any(|i| i["name"] == EXT
+            && i["status"] == "merged"
+            && i["verification"] == "kernel-verity"),
+        "{merged:#}"
     );
 }

@@ -745,8 +745,7 @@ fn protected_paths(ctx: &Ctx, name: &str, t: &Target) -> Vec<PathBuf> {
     }
     if let Some(l) = &t.link {
         if let Some(prev) = ctx.state.component(name).previous.get(&l.path) {
-            let dir = l.host.parent().unwrap_or(Path::new("/"));
-            if let Ok(p) = std::fs::canonicalize(dir.join(prev)) {
+            if let Some(p) = l.resolve_text(&ctx.root, prev) {
                 out.push(p);
             }
         }
@@ -786,7 +785,9 @@ fn install_and_activate(
         let final_path = t.dir.join(&final_name);
         let partial = t.partial_path(&final_name);
         t.ensure_dir().map_err(failed)?;
-        let protected = protected_paths(ctx, name, t);
+        let mut protected = protected_paths(ctx, name, t);
+        // The file about to be installed may be there already.
+        protected.push(final_path.clone());
         let cstate = ctx.state.component(name);
         let removed = t
             .vacuum(
@@ -884,13 +885,6 @@ fn install_and_activate(
         }
         let file = s.partial.as_ref().unwrap_or(&s.final_path);
         let sidecars = sidecars_for(&s.final_path, &staged);
-        for p in [&sidecars.roothash, &sidecars.verity, &sidecars.signature]
-            .into_iter()
-            .flatten()
-        {
-            let _ = target::set_mode(p, 0o444);
-        }
-        let _ = target::set_mode(file, t.transfer.mode | 0o400);
         match target::verify_image(&ctx.opts.runtime, file, &sidecars) {
             Ok(c) => ctx.emit(Event::ImageVerified {
                 component: name.to_string(),
@@ -1383,15 +1377,13 @@ fn previous_instance(
     let ok = |i: &Instance| i.path != cur.path && !c.is_failed(&i.version);
     if let Some(link) = &t.link {
         if let Some(prev) = c.previous.get(&link.path) {
-            let dir = link.host.parent().unwrap_or(Path::new("/"));
-            if let Ok(p) = std::fs::canonicalize(dir.join(prev)) {
+            if let Some(p) = link.resolve_text(&ctx.root, prev) {
                 if let Some(i) = all.iter().find(|i| i.path == p && ok(i)) {
                     return Some(i.clone());
                 }
             }
         }
     }
-    let _ = ctx;
     all.into_iter()
         .filter(|i| ok(i) && i.version.cmp_uapi(&cur.version) == std::cmp::Ordering::Less)
         .max_by(|a, b| a.version.cmp(&b.version))

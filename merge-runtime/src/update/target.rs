@@ -285,6 +285,18 @@ impl Link {
         super::fsync_dir(dir).map_err(with_path(dir))
     }
 
+    /// Where a link text (relative to the link's directory, or absolute
+    /// inside the root, as Ignition writes it) leads on this system.
+    pub fn resolve_text(&self, root: &Root, text: &str) -> Option<PathBuf> {
+        if text.starts_with('/') {
+            root.resolve(text).ok()
+        } else {
+            let dir = self.host.parent()?;
+            let p = std::fs::canonicalize(dir.join(text)).ok()?;
+            p.starts_with(root.path()).then_some(p)
+        }
+    }
+
     /// The extension name the runtime will see for this link
     /// (`/etc/extensions/NAME.raw` → `NAME`).
     pub fn extension_name(&self) -> String {
