@@ -203,7 +203,7 @@ pub fn build_recipe_with_inputs(
 
     // All images are sealed: move every file into place.
     let mut moved: Vec<PathBuf> = Vec::new();
-    for f in sealed.iter().flat_map(|s| &s.files) {
+    for f in sealed.iter().flat_map(|s| s.files()) {
         let placed = fs::set_permissions(&f.staged, fs::Permissions::from_mode(OUTPUT_MODE))
             .and_then(|()| fs::rename(&f.staged, &f.path));
         if let Err(err) = placed {
@@ -219,7 +219,7 @@ pub fn build_recipe_with_inputs(
     let sums_path = out.join(SHA256SUMS);
     let entries: Vec<(String, Sha256Digest)> = sealed
         .iter()
-        .flat_map(|s| &s.files)
+        .flat_map(|s| s.files())
         .map(|f| (f.name.clone(), f.sha256))
         .collect();
     let stale: Vec<String> = sealed.iter().flat_map(|s| s.stale_names()).collect();
@@ -240,18 +240,15 @@ pub fn build_recipe_with_inputs(
     }
     let images = sealed
         .into_iter()
-        .map(|mut s| {
-            let image = s.files.remove(0);
-            BuiltImage {
-                arch: s.arch,
-                path: image.path,
-                size: image.size,
-                sha256: image.sha256,
-                format: s.format,
-                root_hash: s.root_hash,
-                signer: s.signer,
-                sidecars: s.files,
-            }
+        .map(|s| BuiltImage {
+            arch: s.arch,
+            path: s.image.path,
+            size: s.image.size,
+            sha256: s.image.sha256,
+            format: s.format,
+            root_hash: s.root_hash,
+            signer: s.signer,
+            sidecars: s.sidecars,
         })
         .collect();
 

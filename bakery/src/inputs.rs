@@ -151,7 +151,9 @@ pub fn recipe_dirs(recipes_dir: &Path) -> Result<Vec<PathBuf>, InputsError> {
 /// with streams.
 pub fn find_recipe(arg: &str, recipes_dir: &Path) -> Result<RecipeRef, InputsError> {
     let direct = Path::new(arg);
-    if is_recipe_dir(direct) && (arg.contains('/') || !is_recipe_dir(&recipes_dir.join(arg))) {
+    // A path (it has a '/') is always a recipe directory: a missing one is
+    // reported as such.
+    if arg.contains('/') || (is_recipe_dir(direct) && !is_recipe_dir(&recipes_dir.join(arg))) {
         return Ok(RecipeRef {
             template: RecipeTemplate::load(direct)?,
             stream: None,
@@ -304,19 +306,14 @@ pub async fn resolve(
         let mut a = Vec::new();
         for x in &opts.arches {
             if !recipe.architectures.contains(x) {
-                return Err(InputsError::Plan {
-                    target: name.clone(),
-                    message: format!(
-                        "{} does not build for {x} (its architectures: {})",
-                        recipe.recipe_file().display(),
-                        recipe
-                            .architectures
-                            .iter()
-                            .map(|a| a.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                });
+                let supported: Vec<&str> =
+                    recipe.architectures.iter().map(|a| a.as_str()).collect();
+                return Err(BuildError::Stage(crate::stage::StageError::UnsupportedArch {
+                    location: recipe.architectures_location.clone(),
+                    arch: *x,
+                    supported: supported.join(", "),
+                })
+                .into());
             }
             if !a.contains(x) {
                 a.push(*x);
@@ -737,10 +734,11 @@ pub struct CookReport {
 }
 
 /// Builds `targets`: resolves them (in parallel), skips those whose
-/// outputs for exactly these inputs exist, fetches every remaining input
-/// of every target in one parallel batch, then unpacks and builds each.
-/// Any error stops everything before the output directory changes for the
-/// failing recipe; recipes are built in the order given.
+/// outputs for exactly these inputs exist, starts every remaining input's
+/// download at once, and unpacks and builds each recipe as soon as its
+/// inputs are in. Any error stops the run; a failing recipe leaves nothing
+/// in the output directory (recipes finished before stay). Reports come in
+/// the order of `targets`.
 pub fn cook(
     fetcher: &Fetcher,
     github: &GithubApi,
@@ -818,52 +816,68 @@ pub fn cook(
         }));
     }
 
-    // One parallel batch of downloads for everything still to build.
-    let mut reqs = Vec::new();
-    let mut owners = Vec::new();
-    for (ri, r) in resolved.iter().enumerate() {
-        if reports[ri].is_some() {
-            continue;
+    // Every remaining recipe's downloads start at once (bounded by the
+    // fetcher's concurrency); each recipe is built as soon as its own
+    // inputs are in, while the others are still downloading. Builds run
+    // one at a time (they share the output directory's SHA256SUMS).
+    let built: BTreeMap<usize, CookReport> = crate::fetch::block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for (ri, r) in resolved.iter().enumerate() {
+            if reports[ri].is_some() {
+                continue;
+            }
+            let reqs = r.inputs.iter().map(request).collect::<Result<Vec<_>, _>>()?;
+            let f = fetcher.clone();
+            set.spawn(async move { (ri, f.fetch_all(&reqs).await) });
         }
-        for (ii, i) in r.inputs.iter().enumerate() {
-            reqs.push(request(i)?);
-            owners.push((ri, ii));
+        let mut built = BTreeMap::new();
+        while let Some(joined) = set.join_next().await {
+            let (ri, results) = joined.map_err(|e| InputsError::Plan {
+                target: "(fetch)".into(),
+                message: format!("download task failed: {e}"),
+            })?;
+            // The first failure stops everything (dropping the set aborts
+            // the other downloads); recipes already built stay built.
+            let fetched = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+            let r = &resolved[ri];
+            let report = tokio::task::block_in_place(|| build_one(r, &fetched, opts))?;
+            built.insert(ri, report);
         }
-    }
-    let fetched = crate::fetch::block_on(fetcher.try_fetch_all(&reqs))??;
-    let mut by_input: BTreeMap<(usize, usize), crate::fetch::Fetched> = BTreeMap::new();
-    for (o, f) in owners.into_iter().zip(fetched) {
-        by_input.insert(o, f);
-    }
+        Ok::<_, InputsError>(built)
+    })??;
 
+    let mut built = built;
     let mut out = Vec::new();
-    for (ri, r) in resolved.iter().enumerate() {
-        if let Some(rep) = reports[ri].take() {
-            out.push(rep);
-            continue;
+    for (ri, rep) in reports.into_iter().enumerate() {
+        match rep.or_else(|| built.remove(&ri)) {
+            Some(r) => out.push(r),
+            None => {
+                return Err(InputsError::Plan {
+                    target: resolved[ri].target.target(),
+                    message: "was neither built nor up to date".into(),
+                })
+            }
         }
-        out.push(build_one(ri, r, &by_input, opts)?);
     }
     Ok(out)
 }
 
+/// Unpacks and builds one recipe whose inputs are `fetched` (in the order
+/// of `r.inputs`), and writes the provenance files.
 fn build_one(
-    ri: usize,
     r: &Resolved,
-    by_input: &BTreeMap<(usize, usize), crate::fetch::Fetched>,
+    fetched: &[crate::fetch::Fetched],
     opts: &CookOptions,
 ) -> Result<CookReport, InputsError> {
     let target = r.target.target();
     let mut digests = BTreeMap::new();
     let (mut downloaded, mut cached) = (0, 0);
-    for (ii, i) in r.inputs.iter().enumerate() {
-        if let Some(f) = by_input.get(&(ri, ii)) {
-            digests.insert((i.planned.source.clone(), i.planned.arch), f.digest);
-            if f.from_cache {
-                cached += 1;
-            } else {
-                downloaded += 1;
-            }
+    for (i, f) in r.inputs.iter().zip(fetched) {
+        digests.insert((i.planned.source.clone(), i.planned.arch), f.digest);
+        if f.from_cache {
+            cached += 1;
+        } else {
+            downloaded += 1;
         }
     }
     let out_dir = &opts.build.output_dir;
@@ -905,11 +919,13 @@ fn build_one(
             fs::create_dir_all(&dir).map_err(io_err(&dir, "cannot create"))?;
             dirs.insert(arch, dir);
         }
-        for (ii, i) in r.inputs.iter().enumerate() {
-            let f = by_input.get(&(ri, ii)).ok_or_else(|| InputsError::Plan {
+        if fetched.len() != r.inputs.len() {
+            return Err(InputsError::Plan {
                 target: target.clone(),
-                message: format!("{} was not fetched", i.planned.url),
-            })?;
+                message: "not every input was fetched".into(),
+            });
+        }
+        for (i, f) in r.inputs.iter().zip(fetched) {
             let source = remote.sources.get(i.planned.index).ok_or_else(|| InputsError::Plan {
                 target: target.clone(),
                 message: format!("no source #{}", i.planned.index),

@@ -387,13 +387,16 @@ pub struct SealedImage {
     pub root_hash: Option<RootHash>,
     /// sha256 of the signer's certificate (DER) when signed.
     pub signer: Option<Sha256Digest>,
-    /// Every file, the image first.
-    pub files: Vec<OutputFile>,
+    /// The image `STEM.raw`.
+    pub image: OutputFile,
+    /// `.verity`, `.roothash` and `.roothash.p7s` (sidecar format only).
+    pub sidecars: Vec<OutputFile>,
 }
 
 impl SealedImage {
-    pub fn image(&self) -> &OutputFile {
-        &self.files[0]
+    /// Every file, the image first.
+    pub fn files(&self) -> impl Iterator<Item = &OutputFile> {
+        std::iter::once(&self.image).chain(&self.sidecars)
     }
 
     pub fn is_signed(&self) -> bool {
@@ -406,7 +409,7 @@ impl SealedImage {
     pub fn stale_names(&self) -> Vec<String> {
         image_family(&self.stem)
             .into_iter()
-            .filter(|n| !self.files.iter().any(|f| &f.name == n))
+            .filter(|n| !self.files().any(|f| &f.name == n))
             .collect()
     }
 }
@@ -474,6 +477,12 @@ pub fn seal(image: FsImage, plan: &SealPlan) -> Result<SealedImage, SealError> {
             staged,
         });
     }
+    let mut files = files.into_iter();
+    let image = files.next().ok_or_else(|| SealError::Io {
+        path: final_dir.join(format!("{stem}.raw")),
+        action: "sealing produced no image",
+        err: std::io::Error::other("the signing crate listed no output files"),
+    })?;
     let signer = match (&plan.key, sealed.signed) {
         (Some(k), true) => Some(k.certificate_fingerprint()),
         _ => None,
@@ -484,7 +493,8 @@ pub fn seal(image: FsImage, plan: &SealPlan) -> Result<SealedImage, SealError> {
         format: plan.format,
         root_hash: sealed.root_hash,
         signer,
-        files,
+        image,
+        sidecars: files.collect(),
     })
 }
 
@@ -551,11 +561,8 @@ mod tests {
             format: SealFormat::Sidecar,
             root_hash: None,
             signer: None,
-            files: vec![
-                file("a-1-x86-64.raw"),
-                file("a-1-x86-64.verity"),
-                file("a-1-x86-64.roothash"),
-            ],
+            image: file("a-1-x86-64.raw"),
+            sidecars: vec![file("a-1-x86-64.verity"), file("a-1-x86-64.roothash")],
         };
         assert_eq!(s.stale_names(), ["a-1-x86-64.roothash.p7s"]);
     }

@@ -1463,6 +1463,146 @@ mod tests {
         assert_eq!(url_file_name("https://x/a/k3s"), "k3s");
     }
 
+    const HEAD: &str = "name = \"demo\"\ndescription = \"d\"\n";
+    const UP: &str = "[upstream]\ngithub = \"o/r\"\ntag = \"v{version}\"\n\
+                      [arch.x86-64]\narch = \"amd64\"\n[arch.arm64]\narch = \"arm64\"\n";
+    const SRC: &str = "[[source]]\nname = \"bin\"\n\
+                       url = \"https://example.org/{version}/demo-{arch}.tar.gz\"\n\
+                       checksum = \"sha256-file\"\nstrip-components = 1\n\
+                       place = [{ from = \"bin\", to = \"usr/bin\" }]\n";
+
+    fn template(text: &str) -> Result<crate::recipe::RecipeTemplate, RecipeError> {
+        crate::recipe::RecipeTemplate::parse(Path::new("r"), text)
+    }
+
+    fn err(text: &str) -> String {
+        template(text).unwrap_err().to_string()
+    }
+
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    #[test]
+    fn a_remote_recipe_plans_its_inputs() {
+        let text = format!("{HEAD}{UP}{SRC}");
+        let t = template(&text).unwrap();
+        assert!(t.has_upstream() && t.fixed_version.is_none());
+        let r = t.instantiate(Some(&Version::new("1.2.3").unwrap())).unwrap();
+        assert_eq!(r.image_file_name(Arch::Arm64), "demo-1.2.3-arm64.raw");
+        let remote = r.remote.as_ref().unwrap();
+        let plan = remote
+            .plan(
+                "demo",
+                &Versions {
+                    main: r.version.clone(),
+                    secondary: BTreeMap::new(),
+                },
+                Arch::Arm64,
+            )
+            .unwrap();
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].url, "https://example.org/1.2.3/demo-arm64.tar.gz");
+        assert_eq!(
+            plan[0].checksum,
+            PlannedChecksum::File {
+                url: "https://example.org/1.2.3/demo-arm64.tar.gz.sha256".into(),
+                name: "demo-arm64.tar.gz".into()
+            }
+        );
+        // Without a version, a recipe with [upstream] says how to get one.
+        let e = t.instantiate(None).unwrap_err().to_string();
+        assert!(e.contains("key `version`") && e.contains("bakery build NAME"), "{e}");
+        let e = crate::recipe::Recipe::parse(Path::new("r"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("takes its version from [upstream]"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_key() {
+        let text = format!("{HEAD}{UP}{}", SRC.replace("demo-{arch}", "demo-{arhc}"));
+        let l = line_of(&text, "{arhc}");
+        let e = err(&text);
+        assert!(
+            e.starts_with(&format!("r/recipe.toml:{l}:7: key `source[1].url`: unknown variable {{arhc}}")),
+            "{e}"
+        );
+        assert!(e.contains("{version}, {name}, {arch}"), "{e}");
+
+        let text = format!("{HEAD}{UP}{}", SRC.replace("strip-components", "strip-component"));
+        let e = err(&text);
+        assert!(e.contains("key `source.strip-component`") && e.contains("checksum-url"), "{e}");
+
+        let text = format!("{HEAD}version = \"1\"\n{UP}{SRC}");
+        assert!(err(&text).starts_with("r/recipe.toml:3:11: key `version`: a recipe with [upstream]"));
+
+        let text = format!("{HEAD}{}{SRC}", UP.replace("[arch.arm64]\narch = \"arm64\"\n", ""));
+        let e = err(&text);
+        assert!(e.contains("key `arch`: no [arch.arm64] table"), "{e}");
+
+        let text = format!("{HEAD}{}{SRC}", UP.replace("arch = \"arm64\"", "arch = \"arm64\"\nsuffix = \"-a\""));
+        assert!(err(&text).contains("every [arch.ARCH] table must define the same variables"));
+
+        let e = err(&format!("{HEAD}{UP}"));
+        assert!(e.contains("key `upstream`: the recipe has [upstream] but no [[source]]"), "{e}");
+
+        let text = format!("{HEAD}{UP}{}", SRC.replace("checksum = \"sha256-file\"", "checksum = \"sha256sum-list\""));
+        assert!(err(&text).contains("key `source[1].checksum`: a sha256sum list needs `checksum-url`"));
+
+        let text = format!("{HEAD}{UP}{}", SRC.replace("checksum = \"sha256-file\"", "checksum = \"md5\""));
+        assert!(err(&text).contains("unknown checksum kind \"md5\""));
+
+        let text = format!("{HEAD}{UP}{}", SRC.replace("to = \"usr/bin\"", "to = \"etc/demo\""));
+        let e = err(&text);
+        assert!(e.contains("key `source[1].place.to`: \"etc/demo\" is not under usr/ or opt/"), "{e}");
+
+        let text = format!("{HEAD}{UP}{}", SRC.replace("to = \"usr/bin\"", "to = \"usr/bin\", mode = 0o4755"));
+        assert!(err(&text).contains("key `source[1].place.mode`"));
+
+        let raw = "[[source]]\nname = \"r\"\nurl = \"https://x/{version}/r\"\nchecksum = \"none\"\n\
+                   place = [{ to = \"usr/bin/r\" }, { to = \"usr/bin/s\" }]\n";
+        assert!(err(&format!("{HEAD}{UP}{raw}")).contains("a raw input needs exactly one placement"));
+
+        let sec = "[secondary.runc]\ngithub = \"o/runc\"\n";
+        let e = err(&format!("{HEAD}{UP}{sec}{SRC}"));
+        assert!(e.contains("key `secondary.runc`: no [[source]] uses this version"), "{e}");
+        let e = err(&format!("{HEAD}{UP}{}version = \"cni\"\n", SRC));
+        assert!(e.contains("key `source[1].version`: there is no [secondary.cni]"), "{e}");
+
+        let e = err(&format!("{HEAD}{}{SRC}", UP.replace("github = \"o/r\"", "github = \"o\"")));
+        assert!(e.contains("key `upstream.github`: \"o\" is not OWNER/REPO"), "{e}");
+        let e = err(&format!("{HEAD}{}{SRC}", UP.replace("tag = \"v{version}\"", "tag = \"v\"")));
+        assert!(e.contains("key `upstream.tag`: must contain {version} exactly once"), "{e}");
+        let up = UP.replace("tag = \"v{version}\"\n", "tag = \"v{version}\"\nstreams = \"major\"\n");
+        let e = err(&format!("{HEAD}{up}{SRC}"));
+        assert!(e.contains("unknown stream kind \"major\""), "{e}");
+
+        let link = "[[symlink]]\npath = \"usr/bin/x\"\ntarget = \"../../../etc/shadow\"\n";
+        let e = err(&format!("{HEAD}version = \"1\"\n{link}"));
+        assert!(e.contains("key `symlink.target`") && e.contains("outside the image root"), "{e}");
+        let link = "[[symlink]]\npath = \"etc/x\"\ntarget = \"y\"\n";
+        assert!(err(&format!("{HEAD}version = \"1\"\n{link}")).contains("key `symlink.path`"));
+    }
+
+    #[test]
+    fn the_eight_recipes_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+        let mut names = Vec::new();
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let t = crate::recipe::RecipeTemplate::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            assert!(t.has_upstream(), "{}", p.display());
+            assert_eq!(t.architectures, vec![Arch::X86_64, Arch::Arm64]);
+            names.push(t.name.to_string());
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            ["containerd", "docker", "falco", "k3s", "kubernetes", "nvidia-runtime", "rke2", "wasmtime"]
+        );
+    }
+
     fn write_ar(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = b"!<arch>\n".to_vec();
         for (name, data) in members {

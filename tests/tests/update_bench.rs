@@ -28,9 +28,18 @@ fn bench_update_latency_after_download() {
     if !in_private_ns("bench_update_latency_after_download") {
         return;
     }
-    let mib: usize = std::env::var("UPDATE_BENCH_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
-    let runs: usize = std::env::var("UPDATE_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let work = tempfile::Builder::new().prefix("upd-bench").tempdir_in("/var/tmp").unwrap();
+    let mib: usize = std::env::var("UPDATE_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let runs: usize = std::env::var("UPDATE_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let work = tempfile::Builder::new()
+        .prefix("upd-bench")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let key = image_key(work.path(), "feed");
     let mut feed = Feed::new(work.path());
     let v1 = build_image(work.path(), "app", "1", Some(&key), &[], 1 << 20);
@@ -39,7 +48,11 @@ fn bench_update_latency_after_download() {
     node.update_ok(&[]);
     let t = Instant::now();
     let v2 = build_image(work.path(), "app", "2", Some(&key), &[], mib << 20);
-    println!("bench: built a {} byte image in {:.1} s", std::fs::metadata(&v2).unwrap().len(), t.elapsed().as_secs_f64());
+    println!(
+        "bench: built a {} byte image in {:.1} s",
+        std::fs::metadata(&v2).unwrap().len(),
+        t.elapsed().as_secs_f64()
+    );
     feed.publish(&[("app", "2", &v2)], None);
     let installed = node.p("opt/extensions/app/app-2-x86-64.raw");
 

@@ -98,21 +98,40 @@ fn kill_after(run: Run, event: &str, delay: Duration) -> Option<&'static str> {
         return None;
     }
     let rolling_back = seen.iter().any(|e| e["event"] == "rolling-back");
-    Some(phase(seen.last().unwrap_or(&serde_json::Value::Null), rolling_back))
+    Some(phase(
+        seen.last().unwrap_or(&serde_json::Value::Null),
+        rolling_back,
+    ))
 }
 
 /// What must hold after any kill: the link leads to a complete published
 /// image of `old` or `new`, every file under a final name is complete, and
 /// `/usr` has the extension at `old` or `new`.
 fn assert_sound(node: &Node, feed: &Feed, old: &str, new: &str, what: &str) {
-    let cur = node.current().unwrap_or_else(|| panic!("{what}: the current symlink leads nowhere"));
+    let cur = node
+        .current()
+        .unwrap_or_else(|| panic!("{what}: the current symlink leads nowhere"));
     let allowed = [image_name("app", old), image_name("app", new)];
-    assert!(allowed.contains(&cur), "{what}: the link points at {cur}, expected one of {allowed:?}");
+    assert!(
+        allowed.contains(&cur),
+        "{what}: the link points at {cur}, expected one of {allowed:?}"
+    );
     let dir = node.p("opt/extensions/app");
-    assert_eq!(sha256_file(&dir.join(&cur)), feed.published[&cur], "{what}: current image {cur} is not the published one");
+    assert_eq!(
+        sha256_file(&dir.join(&cur)),
+        feed.published[&cur],
+        "{what}: current image {cur} is not the published one"
+    );
     for f in node.instances() {
-        let want = feed.published.get(&f).unwrap_or_else(|| panic!("{what}: unexpected file {f}"));
-        assert_eq!(&sha256_file(&dir.join(&f)), want, "{what}: {f} is incomplete or damaged under its final name");
+        let want = feed
+            .published
+            .get(&f)
+            .unwrap_or_else(|| panic!("{what}: unexpected file {f}"));
+        assert_eq!(
+            &sha256_file(&dir.join(&f)),
+            want,
+            "{what}: {f} is incomplete or damaged under its final name"
+        );
     }
     let merged = node.merged_version();
     assert!(
@@ -126,7 +145,10 @@ fn sigkill_anywhere_leaves_a_sound_node_and_the_next_update_completes() {
     if !in_private_ns("sigkill_anywhere_leaves_a_sound_node_and_the_next_update_completes") {
         return;
     }
-    let work = tempfile::Builder::new().prefix("upd-crash").tempdir().unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("upd-crash")
+        .tempdir()
+        .unwrap();
     let key = image_key(work.path(), "feed");
     let mut feed = Feed::new(work.path());
     let filler = 1_200_000;
@@ -167,13 +189,24 @@ fn sigkill_anywhere_leaves_a_sound_node_and_the_next_update_completes() {
     let mut healthy_current = "1".to_string();
     let mut round = 0usize;
     let mut healthy_rounds = 0usize;
-    while kills < 56 || ["download", "verify", "rename", "flip", "refresh"].iter().any(|p| phases.get(p).copied().unwrap_or(0) < 3) {
+    while kills < 56
+        || ["download", "verify", "rename", "flip", "refresh"]
+            .iter()
+            .any(|p| phases.get(p).copied().unwrap_or(0) < 3)
+    {
         round += 1;
-        assert!(round <= 45, "too many rounds: {kills} kills, phases {phases:?}, {missed} missed");
+        assert!(
+            round <= 45,
+            "too many rounds: {kills} kills, phases {phases:?}, {missed} missed"
+        );
         let v = (round + 1).to_string();
         // Every fifth version fails its health check and is rolled back.
-        let healthy = round % 5 != 0;
-        let check = if healthy { "sleep 0.2" } else { "sleep 0.1; exit 1" };
+        let healthy = !round.is_multiple_of(5);
+        let check = if healthy {
+            "sleep 0.2"
+        } else {
+            "sleep 0.1; exit 1"
+        };
         let img = build_image(work.path(), "app", &v, Some(&key), &[], filler);
         feed.publish(&[("app", &v, &img)], None);
         let old = healthy_current.clone();
@@ -188,7 +221,11 @@ fn sigkill_anywhere_leaves_a_sound_node_and_the_next_update_completes() {
             plan.push((e, Duration::from_micros(d)));
         } else {
             // Kill inside the rollback, or just before it.
-            let (e, d) = [("rolling-back", 0u64), ("check-start", 20_000), ("rolling-back", 2_000)][(round / 5) % 3];
+            let (e, d) = [
+                ("rolling-back", 0u64),
+                ("check-start", 20_000),
+                ("rolling-back", 2_000),
+            ][(round / 5) % 3];
             plan.push((e, Duration::from_micros(d)));
         }
         for (i, (event, delay)) in plan.into_iter().enumerate() {
@@ -215,18 +252,44 @@ fn sigkill_anywhere_leaves_a_sound_node_and_the_next_update_completes() {
             healthy_current = v.clone();
         } else {
             let outcome = field(&r, "outcome").as_str().unwrap().to_string();
-            assert!(outcome == "rolled-back" || outcome == "up-to-date", "{what}: {outcome}\n{}", show(&out));
-            assert_eq!(node.state()["components"]["app"]["failed"].as_array().unwrap().last().unwrap()["version"], v.as_str());
+            assert!(
+                outcome == "rolled-back" || outcome == "up-to-date",
+                "{what}: {outcome}\n{}",
+                show(&out)
+            );
+            assert_eq!(
+                node.state()["components"]["app"]["failed"]
+                    .as_array()
+                    .unwrap()
+                    .last()
+                    .unwrap()["version"],
+                v.as_str()
+            );
         }
-        assert_eq!(node.current(), Some(image_name("app", &healthy_current)), "{what}");
-        assert_eq!(node.merged_version().as_deref(), Some(healthy_current.as_str()), "{what}");
-        assert!(node.state()["components"]["app"]["activating"].is_null(), "{what}: journal left behind");
+        assert_eq!(
+            node.current(),
+            Some(image_name("app", &healthy_current)),
+            "{what}"
+        );
+        assert_eq!(
+            node.merged_version().as_deref(),
+            Some(healthy_current.as_str()),
+            "{what}"
+        );
+        assert!(
+            node.state()["components"]["app"]["activating"].is_null(),
+            "{what}: journal left behind"
+        );
         assert!(
             node.all_target_files().iter().all(|f| !f.starts_with('.')),
             "{what}: temporary files left: {:?}",
             node.all_target_files()
         );
-        assert!(node.instances().len() <= 3, "{what}: {:?}", node.instances());
+        assert!(
+            node.instances().len() <= 3,
+            "{what}: {:?}",
+            node.instances()
+        );
         assert_sound(&node, &feed, &healthy_current, &healthy_current, &what);
     }
     let resumed = feed
@@ -238,7 +301,18 @@ fn sigkill_anywhere_leaves_a_sound_node_and_the_next_update_completes() {
     println!("{kills} kills in {round} rounds ({missed} runs finished before their kill); by phase: {phases:?}; {resumed} downloads resumed with Range");
     assert!(resumed > 0, "no interrupted download was resumed");
     assert!(kills >= 50);
-    for p in ["download", "verify", "rename", "flip", "refresh", "health-check", "rollback"] {
-        assert!(phases.get(p).copied().unwrap_or(0) >= 1, "no kill in phase {p}: {phases:?}");
+    for p in [
+        "download",
+        "verify",
+        "rename",
+        "flip",
+        "refresh",
+        "health-check",
+        "rollback",
+    ] {
+        assert!(
+            phases.get(p).copied().unwrap_or(0) >= 1,
+            "no kill in phase {p}: {phases:?}"
+        );
     }
 }

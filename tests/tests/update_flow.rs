@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use update_common::*;
 
 fn fresh_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("upd-work").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("upd-work")
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -26,7 +29,14 @@ fn update_installs_flips_refreshes_then_is_a_noop() {
     let work = fresh_dir();
     let key = image_key(work.path(), "feed");
     let mut feed = Feed::new(work.path());
-    let v1 = build_image(work.path(), "hello", "1.0.0", Some(&key), &[("usr/bin/hello", "v1\n")], 0);
+    let v1 = build_image(
+        work.path(),
+        "hello",
+        "1.0.0",
+        Some(&key),
+        &[("usr/bin/hello", "v1\n")],
+        0,
+    );
     feed.publish(&[("hello", "1.0.0", &v1)], None);
     let node = Node::new(&feed, "hello", "hello.transfer", &cert_pem(&key));
 
@@ -44,16 +54,33 @@ fn update_installs_flips_refreshes_then_is_a_noop() {
     assert_eq!(node.current().as_deref(), Some("hello-1.0.0-x86-64.raw"));
     assert_eq!(node.merged_version().as_deref(), Some("1.0.0"));
     assert_eq!(fs::read_to_string(node.p("usr/bin/hello")).unwrap(), "v1\n");
-    assert_eq!(fs::read_to_string(node.p("usr/share/host.txt")).unwrap(), "host\n");
+    assert_eq!(
+        fs::read_to_string(node.p("usr/share/host.txt")).unwrap(),
+        "host\n"
+    );
     assert_eq!(field(&r, "manifests")[0]["verified"], true);
 
     // A new version: downloaded, verified, flipped, refreshed.
-    let v2 = build_image(work.path(), "hello", "1.1.0", Some(&key), &[("usr/bin/hello", "v2\n")], 300_000);
+    let v2 = build_image(
+        work.path(),
+        "hello",
+        "1.1.0",
+        Some(&key),
+        &[("usr/bin/hello", "v2\n")],
+        300_000,
+    );
     feed.publish(&[("hello", "1.1.0", &v2)], None);
     let out = node.update(&[]);
     assert!(out.status.success(), "{}", show(&out));
     let log = String::from_utf8_lossy(&out.stderr);
-    for step in ["signature OK", "downloading", "sha256 matches", "accepted under policy signed", "installed", "refreshed"] {
+    for step in [
+        "signature OK",
+        "downloading",
+        "sha256 matches",
+        "accepted under policy signed",
+        "installed",
+        "refreshed",
+    ] {
         assert!(log.contains(step), "missing {step:?} in:\n{log}");
     }
     let r = report(&out);
@@ -66,17 +93,32 @@ fn update_installs_flips_refreshes_then_is_a_noop() {
     // The installed file is the published one, read-only, under its final
     // name; the link is relative, like systemd-sysupdate's.
     let installed = node.p("opt/extensions/hello/hello-1.1.0-x86-64.raw");
-    assert_eq!(sha256_file(&installed), feed.published["hello-1.1.0-x86-64.raw"]);
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(fs::metadata(&installed).unwrap().permissions().mode() & 0o7777, 0o444);
     assert_eq!(
-        fs::read_link(node.p("etc/extensions/hello.raw")).unwrap().to_string_lossy(),
+        sha256_file(&installed),
+        feed.published["hello-1.1.0-x86-64.raw"]
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&installed).unwrap().permissions().mode() & 0o7777,
+        0o444
+    );
+    assert_eq!(
+        fs::read_link(node.p("etc/extensions/hello.raw"))
+            .unwrap()
+            .to_string_lossy(),
         "../../opt/extensions/hello/hello-1.1.0-x86-64.raw"
     );
-    assert_eq!(node.all_target_files(), ["hello-1.0.0-x86-64.raw", "hello-1.1.0-x86-64.raw"]);
+    assert_eq!(
+        node.all_target_files(),
+        ["hello-1.0.0-x86-64.raw", "hello-1.1.0-x86-64.raw"]
+    );
     // The merge is ours and says which images it holds.
     let st = node.sysext(&["--json", "status"]);
-    assert!(String::from_utf8_lossy(&st.stdout).contains("hello"), "{}", show(&st));
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("hello"),
+        "{}",
+        show(&st)
+    );
 
     // Second update: a no-op. No image is downloaded, nothing changes.
     feed.upstream.clear_log();
@@ -84,12 +126,30 @@ fn update_installs_flips_refreshes_then_is_a_noop() {
     let r = node.update_ok(&[]);
     assert_eq!(field(&r, "outcome"), "up-to-date");
     assert_eq!(field(&r, "downloaded_bytes"), 0);
-    let fetched: Vec<String> = feed.upstream.requests().into_iter().map(|q| q.path).collect();
-    assert!(fetched.iter().all(|p| p.ends_with("SHA256SUMS") || p.ends_with("SHA256SUMS.gpg")), "{fetched:?}");
-    assert_eq!(fs::metadata(node.p("usr")).unwrap().modified().unwrap(), before, "the merge was redone");
+    let fetched: Vec<String> = feed
+        .upstream
+        .requests()
+        .into_iter()
+        .map(|q| q.path)
+        .collect();
+    assert!(
+        fetched
+            .iter()
+            .all(|p| p.ends_with("SHA256SUMS") || p.ends_with("SHA256SUMS.gpg")),
+        "{fetched:?}"
+    );
+    assert_eq!(
+        fs::metadata(node.p("usr")).unwrap().modified().unwrap(),
+        before,
+        "the merge was redone"
+    );
     assert_eq!(node.merged_version().as_deref(), Some("1.1.0"));
     let out = node.sysext(&["pending", "--progress=none"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date (1.1.0)"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("up to date (1.1.0)"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
@@ -102,19 +162,36 @@ fn minor_stream_stays_on_its_minor() {
     let mut feed = Feed::new(work.path());
     let mut imgs = Vec::new();
     for v in ["v1.30.4", "v1.30.5", "v1.31.0"] {
-        imgs.push((v, build_image(work.path(), "kubernetes", v, Some(&key), &[], 0)));
+        imgs.push((
+            v,
+            build_image(work.path(), "kubernetes", v, Some(&key), &[], 0),
+        ));
     }
-    let list: Vec<(&str, &str, &std::path::Path)> = imgs.iter().map(|(v, p)| ("kubernetes", *v, p.as_path())).collect();
+    let list: Vec<(&str, &str, &std::path::Path)> = imgs
+        .iter()
+        .map(|(v, p)| ("kubernetes", *v, p.as_path()))
+        .collect();
     feed.publish(&list, None);
-    let node = Node::new(&feed, "kubernetes", "kubernetes-v1.30.transfer", &cert_pem(&key));
+    let node = Node::new(
+        &feed,
+        "kubernetes",
+        "kubernetes-v1.30.transfer",
+        &cert_pem(&key),
+    );
     let r = node.update_ok(&[]);
     assert_eq!(field(&r, "outcome"), "installed", "{r:#}");
-    assert_eq!(node.current().as_deref(), Some("kubernetes-v1.30.5-x86-64.raw"));
+    assert_eq!(
+        node.current().as_deref(),
+        Some("kubernetes-v1.30.5-x86-64.raw")
+    );
     assert_eq!(node.merged_version().as_deref(), Some("v1.30.5"));
     // v1.31.0 is newer, but not in this stream.
     let r = node.update_ok(&[]);
     assert_eq!(field(&r, "outcome"), "up-to-date");
-    assert_eq!(node.current().as_deref(), Some("kubernetes-v1.30.5-x86-64.raw"));
+    assert_eq!(
+        node.current().as_deref(),
+        Some("kubernetes-v1.30.5-x86-64.raw")
+    );
     // A node on the default stream would take v1.31.0.
     let other = Node::new(&feed, "kubernetes", "kubernetes.transfer", &cert_pem(&key));
     let out = other.sysext(&["--json", "pending", "--progress=none"]);
@@ -122,7 +199,13 @@ fn minor_stream_stays_on_its_minor() {
     // A new patch in the stream is taken.
     let p6 = build_image(work.path(), "kubernetes", "v1.30.6", Some(&key), &[], 0);
     let n = build_image(work.path(), "kubernetes", "v1.31.1", Some(&key), &[], 0);
-    feed.publish(&[("kubernetes", "v1.30.6", &p6), ("kubernetes", "v1.31.1", &n)], None);
+    feed.publish(
+        &[
+            ("kubernetes", "v1.30.6", &p6),
+            ("kubernetes", "v1.31.1", &n),
+        ],
+        None,
+    );
     node.update_ok(&[]);
     assert_eq!(node.merged_version().as_deref(), Some("v1.30.6"));
 }
@@ -130,20 +213,40 @@ fn minor_stream_stays_on_its_minor() {
 /// Runs an update that must be refused, and checks the old version stays.
 fn refused(node: &Node, want: &str, old: &str) {
     let out = node.update(&[]);
-    assert!(!out.status.success(), "the update was not refused:\n{}", show(&out));
+    assert!(
+        !out.status.success(),
+        "the update was not refused:\n{}",
+        show(&out)
+    );
     let r = report(&out);
     assert_eq!(field(&r, "outcome"), "refused", "{}", show(&out));
     let reason = field(&r, "reason").as_str().unwrap_or_default().to_string();
     assert!(reason.contains(want), "reason {reason:?} lacks {want:?}");
-    assert_eq!(node.current().as_deref(), Some(image_name("app", old).as_str()));
-    assert_eq!(node.merged_version().as_deref(), Some(old), "the old version is no longer merged");
-    assert_eq!(node.instances(), [image_name("app", old)], "a refused file is left in the target directory");
+    assert_eq!(
+        node.current().as_deref(),
+        Some(image_name("app", old).as_str())
+    );
+    assert_eq!(
+        node.merged_version().as_deref(),
+        Some(old),
+        "the old version is no longer merged"
+    );
+    assert_eq!(
+        node.instances(),
+        [image_name("app", old)],
+        "a refused file is left in the target directory"
+    );
     assert!(
-        node.all_target_files().iter().all(|f| !f.ends_with(".partial")),
+        node.all_target_files()
+            .iter()
+            .all(|f| !f.ends_with(".partial")),
         "{:?}",
         node.all_target_files()
     );
-    assert!(node.state()["components"]["app"]["failed"].is_null(), "a refusal was recorded as a failed version");
+    assert!(
+        node.state()["components"]["app"]["failed"].is_null(),
+        "a refusal was recorded as a failed version"
+    );
 }
 
 #[test]
@@ -166,10 +269,18 @@ fn refusals_keep_the_old_version_current_and_merged() {
     let keyring = node.p("etc/systemd/import-pubring.gpg");
     let good_keyring = fs::read(&keyring).unwrap();
     let stranger = releases::OpenPgpSigner::new(
-        signing::openpgp::OpenPgpSecretKey::generate("Stranger <s@example.org>", signing::openpgp::Algorithm::Ed25519).unwrap(),
+        signing::openpgp::OpenPgpSecretKey::generate(
+            "Stranger <s@example.org>",
+            signing::openpgp::Algorithm::Ed25519,
+        )
+        .unwrap(),
     )
     .unwrap();
-    fs::write(&keyring, releases::ManifestSigner::public_keyring(&stranger)).unwrap();
+    fs::write(
+        &keyring,
+        releases::ManifestSigner::public_keyring(&stranger),
+    )
+    .unwrap();
     refused(&node, "does not verify", "1");
     // ... or a manifest changed after signing.
     fs::write(&keyring, &good_keyring).unwrap();
@@ -186,7 +297,9 @@ fn refusals_keep_the_old_version_current_and_merged() {
 
     // A stale BEST-BEFORE, validly signed.
     feed.publish(&[], Some(stale()));
-    assert!(String::from_utf8(feed.file("app/SHA256SUMS")).unwrap().contains("BEST-BEFORE-2001-01-02"));
+    assert!(String::from_utf8(feed.file("app/SHA256SUMS"))
+        .unwrap()
+        .contains("BEST-BEFORE-2001-01-02"));
     refused(&node, "stale", "1");
     feed.publish(&[], None);
 
@@ -211,9 +324,17 @@ fn refusals_keep_the_old_version_current_and_merged() {
 
     // Verify=no is obeyed, loudly; the image checks still apply.
     node.edit_transfer("app.transfer", |t| t.replace("Verify=yes", "Verify=no"));
-    fs::write(&keyring, releases::ManifestSigner::public_keyring(&stranger)).unwrap();
+    fs::write(
+        &keyring,
+        releases::ManifestSigner::public_keyring(&stranger),
+    )
+    .unwrap();
     let out = node.update(&[]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WARNING"),
+        "{}",
+        show(&out)
+    );
     assert_eq!(field(&report(&out), "outcome"), "refused", "{}", show(&out));
     node.edit_transfer("app.transfer", |t| t.replace("Verify=no", "Verify=yes"));
     fs::write(&keyring, &good_keyring).unwrap();
@@ -252,14 +373,21 @@ fn failing_health_check_rolls_back_and_manual_rollback_works() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("HEALTH CHECK FAILED"));
     assert_eq!(node.current().as_deref(), Some("app-1-x86-64.raw"));
     assert_eq!(node.merged_version().as_deref(), Some("1"));
-    assert_eq!(node.state()["components"]["app"]["failed"][0]["version"], "2");
+    assert_eq!(
+        node.state()["components"]["app"]["failed"][0]["version"],
+        "2"
+    );
     assert!(node.state()["components"]["app"]["activating"].is_null());
     // ... and not retried automatically, even without a check.
     feed.upstream.clear_log();
     let r = node.update_ok(&[]);
     assert_eq!(field(&r, "outcome"), "up-to-date");
     assert_eq!(field(&r, "skipped_failed")[0], "2");
-    assert!(feed.upstream.requests().iter().all(|q| !q.path.ends_with(".raw")));
+    assert!(feed
+        .upstream
+        .requests()
+        .iter()
+        .all(|q| !q.path.ends_with(".raw")));
 
     // Version 3 is healthy.
     let v3 = build_image(work.path(), "app", "3", Some(&key), &healthy, 0);
@@ -273,10 +401,16 @@ fn failing_health_check_rolls_back_and_manual_rollback_works() {
     feed.publish(&[("app", "4", &v4)], None);
     let t = Instant::now();
     let out = node.update(&["--check", "sleep 60", "--check-timeout", "1"]);
-    assert!(t.elapsed() < Duration::from_secs(50), "the check was not killed");
+    assert!(
+        t.elapsed() < Duration::from_secs(50),
+        "the check was not killed"
+    );
     let r = report(&out);
     assert_eq!(field(&r, "outcome"), "rolled-back", "{}", show(&out));
-    assert!(field(&r, "reason").as_str().unwrap().contains("did not finish within 1 s"));
+    assert!(field(&r, "reason")
+        .as_str()
+        .unwrap()
+        .contains("did not finish within 1 s"));
     assert_eq!(node.merged_version().as_deref(), Some("3"));
 
     // Manual rollback: back to the previous healthy instance (1, since 2
@@ -301,7 +435,11 @@ fn failing_health_check_rolls_back_and_manual_rollback_works() {
     let out = node.sysext(&["rollback", "app"]);
     let err = String::from_utf8_lossy(&out.stderr);
     // 3 was cleared as failed by --retry-failed? No: only 4 was retried.
-    assert!(!out.status.success() && err.contains("no earlier instance"), "{}", show(&out));
+    assert!(
+        !out.status.success() && err.contains("no earlier instance"),
+        "{}",
+        show(&out)
+    );
     assert_eq!(node.merged_version().as_deref(), Some("4"));
 }
 
@@ -318,21 +456,31 @@ fn vacuum_keeps_instances_max_and_never_current_or_previous() {
     for v in ["1", "2", "3", "4"] {
         let img = build_image(work.path(), "app", v, Some(&key), &[], 0);
         feed.publish(&[("app", v, &img)], None);
-        let n = node.get_or_insert_with(|| Node::new(&feed, "app", "app.transfer", &cert_pem(&key)));
+        let n =
+            node.get_or_insert_with(|| Node::new(&feed, "app", "app.transfer", &cert_pem(&key)));
         n.update_ok(&[]);
         let inst = n.instances();
         assert!(inst.len() <= 2, "{inst:?}");
-        assert!(inst.contains(&image_name("app", v)), "current {v} missing: {inst:?}");
+        assert!(
+            inst.contains(&image_name("app", v)),
+            "current {v} missing: {inst:?}"
+        );
         if v != "1" {
             let prev = (v.parse::<u32>().unwrap() - 1).to_string();
-            assert!(inst.contains(&image_name("app", &prev)), "previous {prev} missing: {inst:?}");
+            assert!(
+                inst.contains(&image_name("app", &prev)),
+                "previous {prev} missing: {inst:?}"
+            );
         }
     }
     let node = node.unwrap();
     // Current 4, previous 3. Roll back: current 3, previous 4 (failed).
     let out = node.sysext(&["rollback", "app"]);
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(node.instances(), [image_name("app", "3"), image_name("app", "4")]);
+    assert_eq!(
+        node.instances(),
+        [image_name("app", "3"), image_name("app", "4")]
+    );
     // Installing 5 with InstancesMax=2: before downloading there is no room
     // that could be made (both are current or previous), so both stay;
     // afterwards 5 is current, 3 previous, and failed 4 goes.
@@ -340,18 +488,36 @@ fn vacuum_keeps_instances_max_and_never_current_or_previous() {
     feed.publish(&[("app", "5", &img)], None);
     let r = node.update_ok(&[]);
     assert_eq!(field(&r, "outcome"), "installed");
-    assert_eq!(node.instances(), [image_name("app", "3"), image_name("app", "5")]);
+    assert_eq!(
+        node.instances(),
+        [image_name("app", "3"), image_name("app", "5")]
+    );
     assert_eq!(node.merged_version().as_deref(), Some("5"));
     // With InstancesMax=3 in the transfer, nothing more is removed.
-    node.edit_transfer("app.transfer", |t| t.replace("InstancesMax=2", "InstancesMax=3"));
+    node.edit_transfer("app.transfer", |t| {
+        t.replace("InstancesMax=2", "InstancesMax=3")
+    });
     let img = build_image(work.path(), "app", "6", Some(&key), &[], 0);
     feed.publish(&[("app", "6", &img)], None);
     node.update_ok(&[]);
-    assert_eq!(node.instances(), [image_name("app", "3"), image_name("app", "5"), image_name("app", "6")]);
+    assert_eq!(
+        node.instances(),
+        [
+            image_name("app", "3"),
+            image_name("app", "5"),
+            image_name("app", "6")
+        ]
+    );
 }
 
 /// Spawns `sysext update --progress=json` and collects its events.
-fn spawn_update(node: &Node, extra: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<serde_json::Value>) {
+fn spawn_update(
+    node: &Node,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
     let mut child = Command::new(sysext())
         .arg("--root")
         .arg(node.path())
@@ -373,7 +539,10 @@ fn spawn_update(node: &Node, extra: &[&str]) -> (std::process::Child, std::sync:
     (child, rx)
 }
 
-fn wait_for(rx: &std::sync::mpsc::Receiver<serde_json::Value>, event: &str) -> Vec<serde_json::Value> {
+fn wait_for(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+    event: &str,
+) -> Vec<serde_json::Value> {
     let mut seen = Vec::new();
     loop {
         let v = rx
@@ -411,7 +580,12 @@ fn concurrent_updates_and_refreshes_serialise() {
     let (b, rx_b) = spawn_update(&node, &[]);
     let out_a = a.wait_with_output().unwrap();
     let out_b = b.wait_with_output().unwrap();
-    assert!(out_a.status.success() && out_b.status.success(), "{}\n{}", show(&out_a), show(&out_b));
+    assert!(
+        out_a.status.success() && out_b.status.success(),
+        "{}\n{}",
+        show(&out_a),
+        show(&out_b)
+    );
     assert_eq!(field(&report(&out_a), "outcome"), "installed");
     assert_eq!(field(&report(&out_b), "outcome"), "up-to-date");
     let b_events: Vec<serde_json::Value> = rx_b.try_iter().collect();
@@ -440,11 +614,19 @@ fn concurrent_updates_and_refreshes_serialise() {
     let update_done = Instant::now();
     let out_r = refresh.wait_with_output().unwrap();
     let refresh_done = Instant::now();
-    assert!(out_u.status.success() && out_r.status.success(), "{}\n{}", show(&out_u), show(&out_r));
+    assert!(
+        out_u.status.success() && out_r.status.success(),
+        "{}\n{}",
+        show(&out_u),
+        show(&out_r)
+    );
     // The refresh could not finish while the update held the lock (it
     // would take well under the 1.5 s the check sleeps).
     let rest: Vec<serde_json::Value> = rx_u.try_iter().collect();
-    assert!(rest.iter().any(|e| e["event"] == "check-passed"), "{rest:?}");
+    assert!(
+        rest.iter().any(|e| e["event"] == "check-passed"),
+        "{rest:?}"
+    );
     assert!(refresh_done >= update_done);
     assert_eq!(node.merged_version().as_deref(), Some("3"));
 }
@@ -464,7 +646,11 @@ fn takes_over_a_node_provisioned_like_the_feed_snippet() {
     let node = Node::new(&feed, "app", "app.transfer", &cert_pem(&key));
     fs::create_dir_all(node.p("opt/extensions/app")).unwrap();
     fs::copy(&v1, node.p("opt/extensions/app/app-1-x86-64.raw")).unwrap();
-    std::os::unix::fs::symlink("/opt/extensions/app/app-1-x86-64.raw", node.p("etc/extensions/app.raw")).unwrap();
+    std::os::unix::fs::symlink(
+        "/opt/extensions/app/app-1-x86-64.raw",
+        node.p("etc/extensions/app.raw"),
+    )
+    .unwrap();
     let out = node.sysext(&["refresh"]);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(node.merged_version().as_deref(), Some("1"));

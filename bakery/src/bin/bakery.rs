@@ -73,7 +73,7 @@ enum Command {
 const BUILD_LONG_ABOUT: &str = "\
 Build recipes into sysext images, one per architecture.
 
-RECIPE is a recipe directory, or a name under --recipes-dir: NAME, or
+RECIPE-DIR is a recipe directory, or a name under --recipes-dir: NAME, or
 NAME-STREAM for the newest version of a stream (kubernetes-v1.30 = the
 newest v1.30.x). Several recipes are built in one run, their downloads
 fetched in parallel.
@@ -163,8 +163,9 @@ Environment:
     after_help = BUILD_EXAMPLES
 )]
 struct BuildArgs {
-    /// Recipe directories or names (NAME, NAME-STREAM) under --recipes-dir.
-    #[arg(value_name = "RECIPE", required = true)]
+    /// Recipe directories (holding recipe.toml and optionally files/), or
+    /// recipe names under --recipes-dir: NAME or NAME-STREAM.
+    #[arg(value_name = "RECIPE-DIR", required = true)]
     recipes: Vec<String>,
 
     /// Build this upstream version instead of the locked or newest one

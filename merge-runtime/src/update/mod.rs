@@ -1139,7 +1139,10 @@ fn finalize(ctx: &mut Ctx, name: &str, act: &Activation) -> Result<(), StateErro
             Some(old) if *old != ch.new => {
                 c.previous.insert(ch.link.clone(), old.clone());
             }
-            _ => {}
+            Some(_) => {}
+            None => {
+                c.previous.remove(&ch.link);
+            }
         }
     }
     if ctx.opts.retry_failed {
@@ -1164,7 +1167,7 @@ fn roll_back(
     let mut c = ctx.state.component(name);
     c.mark_failed(&act.version, &reason, now_usec());
     ctx.state.put(name, c).map_err(failed)?;
-    finish_rollback(ctx, name, targets, act).map_err(failed)?;
+    finish_rollback(ctx, name, targets, act, true).map_err(failed)?;
     Err((
         Outcome::RolledBack,
         format!(
@@ -1174,12 +1177,14 @@ fn roll_back(
     ))
 }
 
-/// Links back to the old targets, refresh, clear the journal.
+/// Links back to the old targets, refresh, clear the journal; with
+/// `was_current`, remember the rolled-back targets as the previous ones.
 fn finish_rollback(
     ctx: &mut Ctx,
     name: &str,
     targets: &[Target],
     act: &Activation,
+    was_current: bool,
 ) -> Result<(), String> {
     set_links(ctx, name, targets, act, false).map_err(|e| e.to_string())?;
     let r = if ctx.opts.refresh {
@@ -1189,8 +1194,10 @@ fn finish_rollback(
     };
     let mut c = ctx.state.component(name);
     c.activating = None;
-    for ch in &act.links {
-        c.previous.insert(ch.link.clone(), ch.new.clone());
+    if was_current {
+        for ch in &act.links {
+            c.previous.insert(ch.link.clone(), ch.new.clone());
+        }
     }
     ctx.state.put(name, c).map_err(|e| e.to_string())?;
     match r {
@@ -1237,23 +1244,8 @@ fn recover(
         action: action.to_string(),
     });
     if failed_before || !all_new {
-        finish_rollback(ctx, name, targets, &act)?;
-        if !failed_before {
-            // Not a failure of the version: forget it as "previous".
-            let mut c = ctx.state.component(name);
-            for ch in &act.links {
-                match &ch.old {
-                    Some(o) => {
-                        c.previous.insert(ch.link.clone(), o.clone());
-                    }
-                    None => {
-                        c.previous.remove(&ch.link);
-                    }
-                }
-            }
-            let _ = &mut c;
-            ctx.state.put(name, c).map_err(|e| e.to_string())?;
-        }
+        // A version that never became current is not "previous".
+        finish_rollback(ctx, name, targets, &act, failed_before)?;
         return Ok(format!("version {v}: {action}"));
     }
     match finish_activation(ctx, name, targets, &act) {
@@ -1300,7 +1292,7 @@ pub fn rollback(
         let mut c = ctx.state.component(name);
         c.mark_failed(&act.version, &reason, now_usec());
         ctx.state.put(name, c)?;
-        finish_rollback(&mut ctx, name, &targets, &act).map_err(rb)?;
+        finish_rollback(&mut ctx, name, &targets, &act, true).map_err(rb)?;
         rep.version = Some(act.version.to_string());
     } else {
         let mut links = Vec::new();
@@ -1353,7 +1345,7 @@ pub fn rollback(
         // Journal it, so a kill in the middle is finished by the next run.
         c.activating = Some(act.clone());
         ctx.state.put(name, c)?;
-        finish_rollback(&mut ctx, name, &targets, &act).map_err(rb)?;
+        finish_rollback(&mut ctx, name, &targets, &act, true).map_err(rb)?;
         rep.version = Some(version.to_string());
     }
     rep.current_after = current_version(&ctx, &targets).map(|v| v.to_string());

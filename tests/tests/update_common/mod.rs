@@ -15,7 +15,10 @@ use std::process::{Command, Output};
 
 pub use integration_tests::upstream::Upstream;
 pub use integration_tests::{require_root, require_tool, run_ok};
-use releases::{publish_dir, BestBefore, ExtensionName, FeedUrl, ImageToPublish, ManifestSigner, OpenPgpSigner, PublishOptions};
+use releases::{
+    publish_dir, BestBefore, ExtensionName, FeedUrl, ImageToPublish, ManifestSigner, OpenPgpSigner,
+    PublishOptions,
+};
 use sha2::{Digest, Sha256};
 use signing::keys::{KeygenOptions, SigningKey};
 use sysupdate::{Arch, Version};
@@ -33,7 +36,11 @@ pub fn in_private_ns(name: &str) -> bool {
         return true;
     }
     require_root();
-    for (tool, pkg) in [("unshare", "util-linux"), ("mksquashfs", "squashfs-tools"), ("losetup", "mount")] {
+    for (tool, pkg) in [
+        ("unshare", "util-linux"),
+        ("mksquashfs", "squashfs-tools"),
+        ("losetup", "mount"),
+    ] {
         require_tool(tool, pkg);
     }
     // Build the binary here, once, outside the namespace.
@@ -42,7 +49,13 @@ pub fn in_private_ns(name: &str) -> bool {
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--"])
         .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
+        .args([
+            name,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(IN_NS, "1")
         .output()
         .expect("cannot run unshare");
@@ -73,8 +86,15 @@ pub fn sha256_file(p: &Path) -> String {
 /// An RSA key and self-signed certificate for root-hash signatures.
 pub fn image_key(dir: &Path, cn: &str) -> SigningKey {
     let d = dir.join(format!("key-{cn}"));
-    let g = signing::keys::keygen_with(&d, cn, KeygenOptions { rsa_bits: 2048, validity_days: 30 })
-        .expect("keygen");
+    let g = signing::keys::keygen_with(
+        &d,
+        cn,
+        KeygenOptions {
+            rsa_bits: 2048,
+            validity_days: 30,
+        },
+    )
+    .expect("keygen");
     SigningKey::from_files(&g.key_path, &g.cert_path, None).expect("load key")
 }
 
@@ -102,7 +122,11 @@ pub fn build_image(
     extra: &[(&str, &str)],
     filler: usize,
 ) -> PathBuf {
-    let tag = format!("{name}-{version}-{}", key.map(|k| k.certificate_fingerprint().to_hex()[..8].to_string()).unwrap_or_default());
+    let tag = format!(
+        "{name}-{version}-{}",
+        key.map(|k| k.certificate_fingerprint().to_hex()[..8].to_string())
+            .unwrap_or_default()
+    );
     let tree = work.join(format!("tree-{tag}"));
     let _ = fs::remove_dir_all(&tree);
     let w = |rel: &str, bytes: &[u8]| {
@@ -110,7 +134,10 @@ pub fn build_image(
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, bytes).unwrap();
     };
-    w(&format!("usr/lib/extension-release.d/extension-release.{name}"), b"ID=debian\nVERSION_ID=12\n");
+    w(
+        &format!("usr/lib/extension-release.d/extension-release.{name}"),
+        b"ID=debian\nVERSION_ID=12\n",
+    );
     w(&format!("usr/share/{name}/version"), version.as_bytes());
     for (p, c) in extra {
         w(p, c.as_bytes());
@@ -120,12 +147,14 @@ pub fn build_image(
     }
     let fs_img = work.join(format!("{tag}.squashfs"));
     let _ = fs::remove_file(&fs_img);
-    run_ok(
-        Command::new("mksquashfs")
-            .arg(&tree)
-            .arg(&fs_img)
-            .args(["-noappend", "-quiet", "-all-root", "-no-progress", "-comp", "gzip"]),
-    );
+    run_ok(Command::new("mksquashfs").arg(&tree).arg(&fs_img).args([
+        "-noappend",
+        "-quiet",
+        "-all-root",
+        "-no-progress",
+        "-comp",
+        "gzip",
+    ]));
     let out = work.join(format!("{tag}.raw"));
     signing::ddi::write_ddi(
         &fs_img,
@@ -208,7 +237,11 @@ impl Feed {
         for (rel, p) in &seen {
             let bytes = fs::read(p).unwrap();
             if rel.ends_with(".raw") {
-                let name = Path::new(rel).file_name().unwrap().to_string_lossy().into_owned();
+                let name = Path::new(rel)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 self.published.insert(name, sha256_hex(&bytes));
             }
             self.upstream.insert(&format!("/feed/{rel}"), bytes);
@@ -233,7 +266,10 @@ impl Node {
     /// trusting `cert_pem` for image signatures (policy `signed`) and the
     /// feed's OpenPGP key for manifests.
     pub fn new(feed: &Feed, name: &str, transfer: &str, cert_pem: &[u8]) -> Node {
-        let dir = tempfile::Builder::new().prefix("upd-node").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("upd-node")
+            .tempdir()
+            .unwrap();
         let p = dir.path();
         let w = |rel: &str, bytes: &[u8]| {
             let f = p.join(rel);
@@ -244,9 +280,15 @@ impl Node {
         w("usr/share/host.txt", b"host\n");
         fs::create_dir_all(p.join("etc/extensions")).unwrap();
         w("etc/verity.d/feed.crt", cert_pem);
-        w("etc/systemd/import-pubring.gpg", &feed.signer.public_keyring());
+        w(
+            "etc/systemd/import-pubring.gpg",
+            &feed.signer.public_keyring(),
+        );
         w("etc/sysext/policy.conf", b"policy = signed\n");
-        w(&format!("etc/sysupdate.{name}.d/{transfer}"), &feed.file(&format!("{name}/{transfer}")));
+        w(
+            &format!("etc/sysupdate.{name}.d/{transfer}"),
+            &feed.file(&format!("{name}/{transfer}")),
+        );
         Node {
             dir,
             name: name.to_string(),
@@ -276,7 +318,11 @@ impl Node {
     /// succeed; returns its `--json` report.
     pub fn update_ok(&self, args: &[&str]) -> serde_json::Value {
         let out = self.update(args);
-        assert!(out.status.success(), "sysext update failed:\n{}", show(&out));
+        assert!(
+            out.status.success(),
+            "sysext update failed:\n{}",
+            show(&out)
+        );
         report(&out)
     }
 
@@ -304,7 +350,10 @@ impl Node {
     /// Non-hidden files in the target directory, sorted.
     pub fn instances(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.p(&format!("opt/extensions/{}", self.name)))
-            .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.retain(|n| !n.starts_with('.'));
         v.sort();
@@ -314,7 +363,10 @@ impl Node {
     /// Every file in the target directory, hidden ones included.
     pub fn all_target_files(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.p(&format!("opt/extensions/{}", self.name)))
-            .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -353,7 +405,8 @@ pub fn show(o: &Output) -> String {
 
 /// The `--json` report on stdout.
 pub fn report(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON report ({e}):\n{}", show(o)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{}", show(o)))
 }
 
 /// The first component's field of a report.
