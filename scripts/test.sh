@@ -13,7 +13,7 @@ packages=(
   systemd           # systemd-sysext (merge oracle)
   openssl gpg gpgv  # signature oracles
   ignition          # ignition-validate
-  libssl-dev pkg-config
+  gcc libssl-dev pkg-config # build prerequisites of the openssl crate
   util-linux        # unshare, losetup
   python3
   libc6-arm64-cross binutils # a real aarch64 ELF (ld.so) for the arch lint; readelf oracle
