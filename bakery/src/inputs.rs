@@ -115,7 +115,11 @@ impl RecipeRef {
 
     /// The lock file of this recipe or stream.
     pub fn lock_path(&self) -> PathBuf {
-        lock_path(&self.template.dir, &self.template.name, self.stream.as_ref())
+        lock_path(
+            &self.template.dir,
+            &self.template.name,
+            self.stream.as_ref(),
+        )
     }
 
     /// The lock file, if there is one.
@@ -295,7 +299,11 @@ pub async fn resolve(
         }
         None => {
             discovery
-                .resolve(&target.template, target.stream.as_ref(), opts.version.as_ref())
+                .resolve(
+                    &target.template,
+                    target.stream.as_ref(),
+                    opts.version.as_ref(),
+                )
                 .await?
         }
     };
@@ -308,12 +316,14 @@ pub async fn resolve(
             if !recipe.architectures.contains(x) {
                 let supported: Vec<&str> =
                     recipe.architectures.iter().map(|a| a.as_str()).collect();
-                return Err(BuildError::Stage(crate::stage::StageError::UnsupportedArch {
-                    location: recipe.architectures_location.clone(),
-                    arch: *x,
-                    supported: supported.join(", "),
-                })
-                .into());
+                return Err(
+                    BuildError::Stage(crate::stage::StageError::UnsupportedArch {
+                        location: recipe.architectures_location.clone(),
+                        arch: *x,
+                        supported: supported.join(", "),
+                    })
+                    .into(),
+                );
             }
             if !a.contains(x) {
                 a.push(*x);
@@ -324,14 +334,12 @@ pub async fn resolve(
     let mut planned = Vec::new();
     if let Some(remote) = &recipe.remote {
         for &arch in &arches {
-            planned.extend(
-                remote
-                    .plan(recipe.name.as_str(), &versions, arch)
-                    .map_err(|message| InputsError::Plan {
-                        target: name.clone(),
-                        message,
-                    })?,
-            );
+            planned.extend(remote.plan(recipe.name.as_str(), &versions, arch).map_err(
+                |message| InputsError::Plan {
+                    target: name.clone(),
+                    message,
+                },
+            )?);
         }
     }
     let mut inputs = Vec::new();
@@ -567,7 +575,10 @@ pub fn fingerprint(
                 target: resolved.target.target(),
                 message: format!("no digest for {}", i.planned.url),
             })?;
-        field("input", format!("{} {} {}", i.planned.source, i.planned.url, d).as_bytes());
+        field(
+            "input",
+            format!("{} {} {}", i.planned.source, i.planned.url, d).as_bytes(),
+        );
     }
     let sq = &opts.squashfs;
     field(
@@ -683,7 +694,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), InputsError> {
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o644))
         .map_err(io_err(path, "cannot set permissions"))?;
-    tmp.as_file().sync_all().map_err(io_err(path, "cannot fsync"))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err(path, "cannot fsync"))?;
     tmp.persist(path).map_err(|e| InputsError::Io {
         path: path.to_path_buf(),
         action: "cannot rename into place",
@@ -789,9 +802,8 @@ pub fn cook(
     let mut reports: Vec<Option<CookReport>> = Vec::new();
     for r in &resolved {
         // Recipes without remote inputs have no provenance: always built.
-        let mut done = !opts.force
-            && r.recipe.remote.is_some()
-            && r.inputs.iter().all(|i| i.sha256.is_some());
+        let mut done =
+            !opts.force && r.recipe.remote.is_some() && r.inputs.iter().all(|i| i.sha256.is_some());
         let mut images = Vec::new();
         if done {
             for &arch in &r.arches {
@@ -826,7 +838,11 @@ pub fn cook(
             if reports[ri].is_some() {
                 continue;
             }
-            let reqs = r.inputs.iter().map(request).collect::<Result<Vec<_>, _>>()?;
+            let reqs = r
+                .inputs
+                .iter()
+                .map(request)
+                .collect::<Result<Vec<_>, _>>()?;
             let f = fetcher.clone();
             set.spawn(async move { (ri, f.fetch_all(&reqs).await) });
         }
@@ -887,7 +903,11 @@ fn build_one(
         let mut all = true;
         for &arch in &r.arches {
             let name = r.recipe.image_file_name(arch);
-            if !up_to_date(out_dir, &name, &fingerprint(r, arch, &digests, &opts.build)?) {
+            if !up_to_date(
+                out_dir,
+                &name,
+                &fingerprint(r, arch, &digests, &opts.build)?,
+            ) {
                 all = false;
                 break;
             }
@@ -911,7 +931,10 @@ fn build_one(
     let work = tempfile::Builder::new()
         .prefix(".bakery-inputs-")
         .tempdir()
-        .map_err(io_err(&std::env::temp_dir(), "cannot create a temporary directory"))?;
+        .map_err(io_err(
+            &std::env::temp_dir(),
+            "cannot create a temporary directory",
+        ))?;
     let mut dirs: BTreeMap<Arch, PathBuf> = BTreeMap::new();
     if let Some(remote) = &r.recipe.remote {
         for &arch in &r.arches {
@@ -926,10 +949,13 @@ fn build_one(
             });
         }
         for (i, f) in r.inputs.iter().zip(fetched) {
-            let source = remote.sources.get(i.planned.index).ok_or_else(|| InputsError::Plan {
-                target: target.clone(),
-                message: format!("no source #{}", i.planned.index),
-            })?;
+            let source = remote
+                .sources
+                .get(i.planned.index)
+                .ok_or_else(|| InputsError::Plan {
+                    target: target.clone(),
+                    message: format!("no source #{}", i.planned.index),
+                })?;
             let dir = dirs.get(&i.planned.arch).ok_or_else(|| InputsError::Plan {
                 target: target.clone(),
                 message: format!("no directory for {}", i.planned.arch),

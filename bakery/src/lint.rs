@@ -24,10 +24,41 @@ use crate::tree::{DirNode, EntryName, FileContent, Node, StagedTree};
 /// CoreOS, Debian, …) has in `/usr/bin` or `/usr/sbin`: a unit may run them
 /// without shipping them.
 pub const BASE_OS_PROGRAMS: &[&str] = &[
-    "bash", "cat", "chcon", "chmod", "chown", "cp", "echo", "env", "false", "install", "ip",
-    "iptables", "journalctl", "kill", "ldconfig", "ln", "loginctl", "mkdir", "modprobe", "mount",
-    "mv", "nsenter", "rm", "sh", "sleep", "sysctl", "systemctl", "systemd-notify",
-    "systemd-tmpfiles", "tee", "test", "touch", "true", "udevadm", "umount",
+    "bash",
+    "cat",
+    "chcon",
+    "chmod",
+    "chown",
+    "cp",
+    "echo",
+    "env",
+    "false",
+    "install",
+    "ip",
+    "iptables",
+    "journalctl",
+    "kill",
+    "ldconfig",
+    "ln",
+    "loginctl",
+    "mkdir",
+    "modprobe",
+    "mount",
+    "mv",
+    "nsenter",
+    "rm",
+    "sh",
+    "sleep",
+    "sysctl",
+    "systemctl",
+    "systemd-notify",
+    "systemd-tmpfiles",
+    "tee",
+    "test",
+    "touch",
+    "true",
+    "udevadm",
+    "umount",
 ];
 
 /// Unit settings whose first word is a program to run.
@@ -110,7 +141,11 @@ fn program_available(root: &DirNode, word: &str) -> bool {
         // Merged /usr: /bin and /sbin are /usr/bin and /usr/sbin, and on
         // Flatcar /usr/sbin is /usr/bin.
         let mut candidates = vec![abs.to_string()];
-        for (from, to) in [("bin/", "usr/bin/"), ("sbin/", "usr/sbin/"), ("usr/sbin/", "usr/bin/")] {
+        for (from, to) in [
+            ("bin/", "usr/bin/"),
+            ("sbin/", "usr/sbin/"),
+            ("usr/sbin/", "usr/bin/"),
+        ] {
             if let Some(rest) = abs.strip_prefix(from) {
                 candidates.push(format!("{to}{rest}"));
             }
@@ -219,9 +254,11 @@ fn walk_units(root: &DirNode, dir: &DirNode, rel: &str, out: &mut Vec<Finding>) 
             Node::Dir(d) => walk_units(root, d, &child, out),
             Node::File(f) => {
                 let n = name.to_string();
-                let is_unit = [".service", ".socket", ".timer", ".path", ".target", ".mount"]
-                    .iter()
-                    .any(|s| n.ends_with(s))
+                let is_unit = [
+                    ".service", ".socket", ".timer", ".path", ".target", ".mount",
+                ]
+                .iter()
+                .any(|s| n.ends_with(s))
                     || (n.ends_with(".conf") && rel.ends_with(".d"));
                 if !is_unit {
                     continue;
@@ -260,13 +297,15 @@ pub fn lint_image(tree: &StagedTree, arch: Arch) -> Result<(), LintError> {
         });
     }
     match crate::elf::lint_tree(tree, arch) {
-        Ok(elf) => findings.extend(elf.into_iter().map(|f| Finding {
-            path: String::from_utf8_lossy(f.path.as_os_str().as_bytes()).into_owned(),
-            problem: f
-                .to_string()
-                .split_once(": ")
-                .map(|(_, p)| p.to_string())
-                .unwrap_or_default(),
+        Ok(elf) => findings.extend(elf.into_iter().map(|f| {
+            Finding {
+                path: String::from_utf8_lossy(f.path.as_os_str().as_bytes()).into_owned(),
+                problem: f
+                    .to_string()
+                    .split_once(": ")
+                    .map(|(_, p)| p.to_string())
+                    .unwrap_or_default(),
+            }
         })),
         Err(e) => findings.push(Finding {
             path: e.path.display().to_string(),
@@ -310,8 +349,10 @@ mod tests {
                 _ => panic!(),
             };
         }
-        dir.entries
-            .insert(EntryName::new(parts[parts.len() - 1].as_bytes()).unwrap(), node);
+        dir.entries.insert(
+            EntryName::new(parts[parts.len() - 1].as_bytes()).unwrap(),
+            node,
+        );
     }
 
     fn elf(machine: u16) -> Vec<u8> {
@@ -341,9 +382,14 @@ mod tests {
         put(
             &mut root,
             "usr/local/bin/kubectl",
-            Node::Symlink(SymlinkNode { target: b"k".to_vec() }),
+            Node::Symlink(SymlinkNode {
+                target: b"k".to_vec(),
+            }),
         );
-        let tree = StagedTree { root: root.clone(), mtime: 0 };
+        let tree = StagedTree {
+            root: root.clone(),
+            mtime: 0,
+        };
         lint_image(&tree, Arch::X86_64).unwrap();
         let e = lint_image(&tree, Arch::Arm64).unwrap_err().to_string();
         assert!(e.contains("/usr/bin/kubelet: ELF 64-bit"), "{e}");
@@ -373,10 +419,16 @@ mod tests {
     #[test]
     fn exec_programs() {
         assert_eq!(exec_program("-/usr/bin/x a").as_deref(), Some("/usr/bin/x"));
-        assert_eq!(exec_program("@/usr/bin/x x a").as_deref(), Some("/usr/bin/x"));
+        assert_eq!(
+            exec_program("@/usr/bin/x x a").as_deref(),
+            Some("/usr/bin/x")
+        );
         assert_eq!(exec_program(""), None);
         assert_eq!(exec_program("${X} a"), None);
-        assert_eq!(exec_program("\"/usr/bin/a b\" c").as_deref(), Some("/usr/bin/a b"));
+        assert_eq!(
+            exec_program("\"/usr/bin/a b\" c").as_deref(),
+            Some("/usr/bin/a b")
+        );
         let root = DirNode::default();
         assert!(program_available(&root, "/bin/sh"));
         assert!(program_available(&root, "/usr/sbin/modprobe"));

@@ -227,9 +227,13 @@ impl LockFile {
         for (i, item) in raw.input.iter().enumerate() {
             let key = |k: &str| format!("input[{}].{k}", i + 1);
             let r = item.get_ref();
-            let arch: Arch = r.arch.get_ref().parse().map_err(|e: sysupdate::arch::UnknownArch| {
-                invalid(r.arch.span().start, Some(&key("arch")), e.to_string())
-            })?;
+            let arch: Arch =
+                r.arch
+                    .get_ref()
+                    .parse()
+                    .map_err(|e: sysupdate::arch::UnknownArch| {
+                        invalid(r.arch.span().start, Some(&key("arch")), e.to_string())
+                    })?;
             let sha256: Sha256Digest = r.sha256.get_ref().parse().map_err(|_| {
                 invalid(
                     r.sha256.span().start,
@@ -266,10 +270,7 @@ impl LockFile {
         Ok(LockFile {
             recipe,
             stream,
-            versions: Versions {
-                main,
-                secondary,
-            },
+            versions: Versions { main, secondary },
             inputs,
         })
     }
@@ -329,7 +330,9 @@ impl LockFile {
                 .set_permissions(std::fs::Permissions::from_mode(0o644))
                 .map_err(io("set the lock file's mode"))?;
         }
-        tmp.as_file().sync_all().map_err(io("fsync the lock file"))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io("fsync the lock file"))?;
         tmp.persist(path).map_err(|e| LockError::Io {
             path: path.to_path_buf(),
             action: "rename the lock file into place",
@@ -454,7 +457,8 @@ mod tests {
         let e = back.unwrap_err().to_string();
         assert!(e.contains("x.lock:") && e.contains("input[2].url"), "{e}");
         let mut l = sample();
-        l.inputs[1].url = "https://download.docker.com/linux/static/stable/aarch64/docker-27.1.1.tgz".into();
+        l.inputs[1].url =
+            "https://download.docker.com/linux/static/stable/aarch64/docker-27.1.1.tgz".into();
         let text = l.render("kubernetes-v1.30");
         let back = LockFile::parse(&text, Path::new("x.lock"), "kubernetes-v1.30").unwrap();
         assert_eq!(back, l);
@@ -473,14 +477,31 @@ mod tests {
         assert!(e.contains("run `bakery lock k`"), "{e}");
         let line = text.lines().position(|l| l.starts_with("sha256")).unwrap() + 1;
         assert!(e.starts_with(&format!("k.lock:{line}:")), "{e}");
-        let e = LockFile::parse("lock-format = 2\nrecipe = \"a\"\nversion = \"1\"\n", Path::new("k.lock"), "k")
-            .unwrap_err()
-            .to_string();
+        let e = LockFile::parse(
+            "lock-format = 2\nrecipe = \"a\"\nversion = \"1\"\n",
+            Path::new("k.lock"),
+            "k",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("k.lock:1:15: key `lock-format`"), "{e}");
-        let e = LockFile::parse("lock-format = 1\nrecipe = \"a\"\nversion = \"1\"\nextra = 1\n", Path::new("k.lock"), "k")
-            .unwrap_err()
-            .to_string();
+        let e = LockFile::parse(
+            "lock-format = 1\nrecipe = \"a\"\nversion = \"1\"\nextra = 1\n",
+            Path::new("k.lock"),
+            "k",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("k.lock:4:1"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,50}(\n\\PC{0,50}){0,8}") {
+            if let Err(LockError::Invalid { line, .. }) = LockFile::parse(&text, Path::new("x.lock"), "x") {
+                proptest::prop_assert!(line >= 1 && line <= text.split('\n').count().max(1));
+            }
+        }
     }
 
     #[test]
@@ -494,6 +515,8 @@ mod tests {
         assert_eq!(back, l);
         let names: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
-        assert!(LockFile::read(&t.path().join("none.lock"), "x").unwrap().is_none());
+        assert!(LockFile::read(&t.path().join("none.lock"), "x")
+            .unwrap()
+            .is_none());
     }
 }

@@ -54,165 +54,11 @@ const MAX_IMAGE_FILE_NAME: usize = 200;
 // Validated newtypes
 // ---------------------------------------------------------------------------
 
-/// An extension (image) name as systemd-sysext sees it: the image file name
-/// minus `.raw`, and the suffix of `extension-release.NAME`.
-///
-/// Stricter than systemd's `image_name_is_valid()` so that it is also safe
-/// in file names, URLs and sysupdate patterns: 1–128 characters from
-/// `[A-Za-z0-9_.-]`, not starting with `.` or `-`, not ending with `.raw`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ExtensionName(String);
-
-/// Text that cannot be an extension name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid extension name {text:?}: {reason}")]
-pub struct BadExtensionName {
-    pub text: String,
-    pub reason: &'static str,
-}
-
-impl ExtensionName {
-    pub fn new(s: impl Into<String>) -> Result<Self, BadExtensionName> {
-        let text = s.into();
-        let reason = if text.is_empty() {
-            Some("it is empty")
-        } else if text.len() > 128 {
-            Some("it is longer than 128 characters")
-        } else if let Some(_c) = text
-            .chars()
-            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-        {
-            Some("only letters, digits, '_', '.' and '-' are allowed")
-        } else if text.starts_with('.') || text.starts_with('-') {
-            Some("it must not start with '.' or '-'")
-        } else if text.ends_with(".raw") {
-            Some("it must not end with \".raw\" (systemd strips that suffix from image names)")
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => Err(BadExtensionName { text, reason }),
-            None => Ok(ExtensionName(text)),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ExtensionName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for ExtensionName {
-    type Err = BadExtensionName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ExtensionName::new(s)
-    }
-}
-
-/// An os-release token: the value of `ID=`, `VERSION_ID=` or `SYSEXT_LEVEL=`.
-/// os-release(5) allows lowercase letters, digits, `.`, `_` and `-`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OsToken(String);
-
-/// Text that cannot be an os-release token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid value {0:?}: os-release allows only lowercase letters, digits, '.', '_' and '-' here"
-)]
-pub struct BadOsToken(pub String);
-
-impl OsToken {
-    pub fn new(s: impl Into<String>) -> Result<Self, BadOsToken> {
-        let s = s.into();
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            });
-        if ok {
-            Ok(OsToken(s))
-        } else {
-            Err(BadOsToken(s))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for OsToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for OsToken {
-    type Err = BadOsToken;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OsToken::new(s)
-    }
-}
-
-/// Which host operating systems the extension fits (`ID=` and friends in
-/// its extension-release).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OsMatch {
-    /// `ID=_any`: any host; no version checks.
-    Any,
-    /// A specific host `ID=`, optionally pinned to an ABI level or release.
-    Os {
-        id: OsToken,
-        sysext_level: Option<OsToken>,
-        version_id: Option<OsToken>,
-    },
-}
-
-/// Where an extension may be merged (`SYSEXT_SCOPE=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Scope {
-    System,
-    Initrd,
-    Portable,
-}
-
-/// A word that is not a sysext scope.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?}: expected \"system\", \"initrd\" or \"portable\"")]
-pub struct BadScope(pub String);
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::System => "system",
-            Scope::Initrd => "initrd",
-            Scope::Portable => "portable",
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Scope {
-    type Err = BadScope;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "system" => Ok(Scope::System),
-            "initrd" => Ok(Scope::Initrd),
-            "portable" => Ok(Scope::Portable),
-            _ => Err(BadScope(s.to_string())),
-        }
-    }
-}
+/// Extension names, os-release tokens, host OS matches and scopes are
+/// the shared extension vocabulary of `sysupdate`.
+pub use sysupdate::extension::{
+    BadExtensionName, BadOsToken, BadScope, ExtensionName, OsMatch, OsToken, Scope,
+};
 
 /// The kinds of unit that can be started with the system, and the target
 /// whose `.d/` drop-in holds the `Upholds=` line for them.
@@ -529,11 +375,7 @@ fn read_recipe_text(dir: &Path) -> Result<String, RecipeError> {
 }
 
 /// Parses and validates; the flag says whether `version` was in the file.
-fn parse_inner(
-    dir: &Path,
-    text: &str,
-    mode: VersionMode,
-) -> Result<(Recipe, bool), RecipeError> {
+fn parse_inner(dir: &Path, text: &str, mode: VersionMode) -> Result<(Recipe, bool), RecipeError> {
     let file = dir.join(RECIPE_FILE);
     let ctx = Ctx {
         file: &file,

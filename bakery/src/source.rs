@@ -148,7 +148,9 @@ impl Template {
     }
 
     pub fn uses(&self, var: &str) -> bool {
-        self.parts.iter().any(|p| matches!(p, Part::Var(v) if v == var))
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Var(v) if v == var))
     }
 
     /// Fills in every variable.
@@ -519,7 +521,10 @@ pub(crate) fn validate_symlinks(
             return Err(ctx.err(
                 s.path.span(),
                 "symlink.path",
-                format!("{:?} is not an image path under usr/ or opt/", s.path.get_ref()),
+                format!(
+                    "{:?} is not an image path under usr/ or opt/",
+                    s.path.get_ref()
+                ),
                 Some("use e.g. path = \"usr/local/bin/kubectl\" (no '..', not usr/sbin)".into()),
             ));
         }
@@ -676,7 +681,12 @@ fn validate_upstream(
         }
         "kubernetes-schedule" if !secondary => {
             crate::fetch::parse_url(value.get_ref()).map_err(|e| {
-                ctx.err(value.span(), &key("kubernetes-schedule"), e.to_string(), None)
+                ctx.err(
+                    value.span(),
+                    &key("kubernetes-schedule"),
+                    e.to_string(),
+                    None,
+                )
             })?;
             VersionSource::KubernetesSchedule {
                 url: value.get_ref().clone(),
@@ -733,8 +743,10 @@ fn validate_upstream(
             tpl
         }
     };
-    if matches!(source, VersionSource::KubernetesSchedule { .. } | VersionSource::Listing { .. })
-    {
+    if matches!(
+        source,
+        VersionSource::KubernetesSchedule { .. } | VersionSource::Listing { .. }
+    ) {
         if let Some(t) = &raw.tag {
             return Err(ctx.err(
                 t.span(),
@@ -1098,9 +1110,11 @@ pub(crate) fn validate_remote(
         };
         let unpack = match &raw.unpack {
             None => None,
-            Some(u) => Some(u.get_ref().parse::<ArchiveFormat>().map_err(|e| {
-                ctx.err(u.span(), &key("unpack"), e.to_string(), None)
-            })?),
+            Some(u) => Some(
+                u.get_ref()
+                    .parse::<ArchiveFormat>()
+                    .map_err(|e| ctx.err(u.span(), &key("unpack"), e.to_string(), None))?,
+            ),
         };
         let effective = unpack.unwrap_or_else(|| {
             ArchiveFormat::from_file_name(url_file_name(url.as_str())).unwrap_or(ArchiveFormat::Raw)
@@ -1109,12 +1123,7 @@ pub(crate) fn validate_remote(
             None => 0,
             Some(n) if (0..=16).contains(n.get_ref()) => *n.get_ref() as usize,
             Some(n) => {
-                return Err(ctx.err(
-                    n.span(),
-                    &key("strip-components"),
-                    "must be 0 to 16",
-                    None,
-                ))
+                return Err(ctx.err(n.span(), &key("strip-components"), "must be 0 to 16", None))
             }
         };
         let place = validate_places(
@@ -1182,8 +1191,11 @@ pub(crate) fn validate_remote(
                 return Err(RecipeError::Invalid {
                     location: ctx.location(span.start),
                     key: Some(key("unpack")),
-                    message: "strip-components, exclude and deb apply to archives, not raw inputs".into(),
-                    help: Some("set unpack = \"tar.gz\" (or the archive's format) or remove them".into()),
+                    message: "strip-components, exclude and deb apply to archives, not raw inputs"
+                        .into(),
+                    help: Some(
+                        "set unpack = \"tar.gz\" (or the archive's format) or remove them".into(),
+                    ),
                 });
             }
         } else if !debs.is_empty() && !place.is_empty() {
@@ -1208,12 +1220,17 @@ pub(crate) fn validate_remote(
         });
     }
     for (name, span) in secondary_spans {
-        if !out.iter().any(|s| s.version_of.as_deref() == Some(name.as_str())) {
+        if !out
+            .iter()
+            .any(|s| s.version_of.as_deref() == Some(name.as_str()))
+        {
             return Err(ctx.err(
                 span,
                 &format!("secondary.{name}"),
                 "no [[source]] uses this version",
-                Some(format!("set version = \"{name}\" on the sources it is for, or remove the table")),
+                Some(format!(
+                    "set version = \"{name}\" on the sources it is for, or remove the table"
+                )),
             ));
         }
     }
@@ -1325,10 +1342,13 @@ impl Source {
         let mut sel = Selection::all().strip_components(self.strip_components);
         let mut paths = Vec::new();
         for (i, d) in self.debs.iter().enumerate() {
-            let p = d.path.render(&planned.vars).map_err(|m| SourceError::Invalid {
-                what: name.clone(),
-                message: m,
-            })?;
+            let p = d
+                .path
+                .render(&planned.vars)
+                .map_err(|m| SourceError::Invalid {
+                    what: name.clone(),
+                    message: m,
+                })?;
             let target = format!("{i}.deb");
             sel = sel.place(&p, &target).map_err(|e| SourceError::Invalid {
                 what: name.clone(),
@@ -1336,7 +1356,12 @@ impl Source {
             })?;
             paths.push((p, work.path().join(target)));
         }
-        unpack::unpack(input, format, work.path(), &UnpackOptions::new(name.clone(), sel))?;
+        unpack::unpack(
+            input,
+            format,
+            work.path(),
+            &UnpackOptions::new(name.clone(), sel),
+        )?;
         let mut reports = Vec::new();
         for ((p, file), d) in paths.iter().zip(&self.debs) {
             let what = format!("{name}: {p}");
@@ -1380,14 +1405,19 @@ fn extract_deb_data(
         if &hdr[58..60] != b"`\n" {
             return Err(bad(format!("corrupt ar header at byte {pos}")));
         }
-        let name = String::from_utf8_lossy(&hdr[..16]).trim_end().trim_end_matches('/').to_string();
+        let name = String::from_utf8_lossy(&hdr[..16])
+            .trim_end()
+            .trim_end_matches('/')
+            .to_string();
         let size: u64 = String::from_utf8_lossy(&hdr[48..58])
             .trim()
             .parse()
             .map_err(|_| bad(format!("bad member size in ar header at byte {pos}")))?;
         pos += 60;
         if size > total.saturating_sub(pos) {
-            return Err(bad(format!("member {name:?} runs past the end of the package")));
+            return Err(bad(format!(
+                "member {name:?} runs past the end of the package"
+            )));
         }
         let format = match name.as_str() {
             "data.tar" => Some(ArchiveFormat::Tar),
@@ -1399,7 +1429,9 @@ fn extract_deb_data(
         if let Some(format) = format {
             let out_path = work.join(format!(
                 "{}.{}",
-                deb.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                deb.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 name
             ));
             let mut out = fs::File::create(&out_path).map_err(io(&out_path, "cannot create"))?;
@@ -1448,7 +1480,8 @@ mod tests {
         assert_eq!(tag.capture(&Vars::new(), "v", "version"), None);
         let f = Template::parse("docker-{version}.tgz").unwrap();
         assert_eq!(
-            f.capture(&Vars::new(), "docker-27.1.1.tgz", "version").as_deref(),
+            f.capture(&Vars::new(), "docker-27.1.1.tgz", "version")
+                .as_deref(),
             Some("27.1.1")
         );
         for bad in ["{", "}", "{Version}", "a{}b", "{x"] {
@@ -1488,7 +1521,9 @@ mod tests {
         let text = format!("{HEAD}{UP}{SRC}");
         let t = template(&text).unwrap();
         assert!(t.has_upstream() && t.fixed_version.is_none());
-        let r = t.instantiate(Some(&Version::new("1.2.3").unwrap())).unwrap();
+        let r = t
+            .instantiate(Some(&Version::new("1.2.3").unwrap()))
+            .unwrap();
         assert_eq!(r.image_file_name(Arch::Arm64), "demo-1.2.3-arm64.raw");
         let remote = r.remote.as_ref().unwrap();
         let plan = remote
@@ -1512,7 +1547,10 @@ mod tests {
         );
         // Without a version, a recipe with [upstream] says how to get one.
         let e = t.instantiate(None).unwrap_err().to_string();
-        assert!(e.contains("key `version`") && e.contains("bakery build NAME"), "{e}");
+        assert!(
+            e.contains("key `version`") && e.contains("bakery build NAME"),
+            "{e}"
+        );
         let e = crate::recipe::Recipe::parse(Path::new("r"), &text)
             .unwrap_err()
             .to_string();
@@ -1525,62 +1563,128 @@ mod tests {
         let l = line_of(&text, "{arhc}");
         let e = err(&text);
         assert!(
-            e.starts_with(&format!("r/recipe.toml:{l}:7: key `source[1].url`: unknown variable {{arhc}}")),
+            e.starts_with(&format!(
+                "r/recipe.toml:{l}:7: key `source[1].url`: unknown variable {{arhc}}"
+            )),
             "{e}"
         );
         assert!(e.contains("{version}, {name}, {arch}"), "{e}");
 
-        let text = format!("{HEAD}{UP}{}", SRC.replace("strip-components", "strip-component"));
+        let text = format!(
+            "{HEAD}{UP}{}",
+            SRC.replace("strip-components", "strip-component")
+        );
         let e = err(&text);
-        assert!(e.contains("key `source.strip-component`") && e.contains("checksum-url"), "{e}");
+        assert!(
+            e.contains("key `source.strip-component`") && e.contains("checksum-url"),
+            "{e}"
+        );
 
         let text = format!("{HEAD}version = \"1\"\n{UP}{SRC}");
-        assert!(err(&text).starts_with("r/recipe.toml:3:11: key `version`: a recipe with [upstream]"));
+        assert!(
+            err(&text).starts_with("r/recipe.toml:3:11: key `version`: a recipe with [upstream]")
+        );
 
-        let text = format!("{HEAD}{}{SRC}", UP.replace("[arch.arm64]\narch = \"arm64\"\n", ""));
+        let text = format!(
+            "{HEAD}{}{SRC}",
+            UP.replace("[arch.arm64]\narch = \"arm64\"\n", "")
+        );
         let e = err(&text);
         assert!(e.contains("key `arch`: no [arch.arm64] table"), "{e}");
 
-        let text = format!("{HEAD}{}{SRC}", UP.replace("arch = \"arm64\"", "arch = \"arm64\"\nsuffix = \"-a\""));
+        let text = format!(
+            "{HEAD}{}{SRC}",
+            UP.replace("arch = \"arm64\"", "arch = \"arm64\"\nsuffix = \"-a\"")
+        );
         assert!(err(&text).contains("every [arch.ARCH] table must define the same variables"));
 
         let e = err(&format!("{HEAD}{UP}"));
-        assert!(e.contains("key `upstream`: the recipe has [upstream] but no [[source]]"), "{e}");
+        assert!(
+            e.contains("key `upstream`: the recipe has [upstream] but no [[source]]"),
+            "{e}"
+        );
 
-        let text = format!("{HEAD}{UP}{}", SRC.replace("checksum = \"sha256-file\"", "checksum = \"sha256sum-list\""));
-        assert!(err(&text).contains("key `source[1].checksum`: a sha256sum list needs `checksum-url`"));
+        let text = format!(
+            "{HEAD}{UP}{}",
+            SRC.replace(
+                "checksum = \"sha256-file\"",
+                "checksum = \"sha256sum-list\""
+            )
+        );
+        assert!(
+            err(&text).contains("key `source[1].checksum`: a sha256sum list needs `checksum-url`")
+        );
 
-        let text = format!("{HEAD}{UP}{}", SRC.replace("checksum = \"sha256-file\"", "checksum = \"md5\""));
+        let text = format!(
+            "{HEAD}{UP}{}",
+            SRC.replace("checksum = \"sha256-file\"", "checksum = \"md5\"")
+        );
         assert!(err(&text).contains("unknown checksum kind \"md5\""));
 
-        let text = format!("{HEAD}{UP}{}", SRC.replace("to = \"usr/bin\"", "to = \"etc/demo\""));
+        let text = format!(
+            "{HEAD}{UP}{}",
+            SRC.replace("to = \"usr/bin\"", "to = \"etc/demo\"")
+        );
         let e = err(&text);
-        assert!(e.contains("key `source[1].place.to`: \"etc/demo\" is not under usr/ or opt/"), "{e}");
+        assert!(
+            e.contains("key `source[1].place.to`: \"etc/demo\" is not under usr/ or opt/"),
+            "{e}"
+        );
 
-        let text = format!("{HEAD}{UP}{}", SRC.replace("to = \"usr/bin\"", "to = \"usr/bin\", mode = 0o4755"));
+        let text = format!(
+            "{HEAD}{UP}{}",
+            SRC.replace("to = \"usr/bin\"", "to = \"usr/bin\", mode = 0o4755")
+        );
         assert!(err(&text).contains("key `source[1].place.mode`"));
 
-        let raw = "[[source]]\nname = \"r\"\nurl = \"https://x/{version}/r\"\nchecksum = \"none\"\n\
+        let raw =
+            "[[source]]\nname = \"r\"\nurl = \"https://x/{version}/r\"\nchecksum = \"none\"\n\
                    place = [{ to = \"usr/bin/r\" }, { to = \"usr/bin/s\" }]\n";
-        assert!(err(&format!("{HEAD}{UP}{raw}")).contains("a raw input needs exactly one placement"));
+        assert!(
+            err(&format!("{HEAD}{UP}{raw}")).contains("a raw input needs exactly one placement")
+        );
 
         let sec = "[secondary.runc]\ngithub = \"o/runc\"\n";
         let e = err(&format!("{HEAD}{UP}{sec}{SRC}"));
-        assert!(e.contains("key `secondary.runc`: no [[source]] uses this version"), "{e}");
+        assert!(
+            e.contains("key `secondary.runc`: no [[source]] uses this version"),
+            "{e}"
+        );
         let e = err(&format!("{HEAD}{UP}{}version = \"cni\"\n", SRC));
-        assert!(e.contains("key `source[1].version`: there is no [secondary.cni]"), "{e}");
+        assert!(
+            e.contains("key `source[1].version`: there is no [secondary.cni]"),
+            "{e}"
+        );
 
-        let e = err(&format!("{HEAD}{}{SRC}", UP.replace("github = \"o/r\"", "github = \"o\"")));
-        assert!(e.contains("key `upstream.github`: \"o\" is not OWNER/REPO"), "{e}");
-        let e = err(&format!("{HEAD}{}{SRC}", UP.replace("tag = \"v{version}\"", "tag = \"v\"")));
-        assert!(e.contains("key `upstream.tag`: must contain {version} exactly once"), "{e}");
-        let up = UP.replace("tag = \"v{version}\"\n", "tag = \"v{version}\"\nstreams = \"major\"\n");
+        let e = err(&format!(
+            "{HEAD}{}{SRC}",
+            UP.replace("github = \"o/r\"", "github = \"o\"")
+        ));
+        assert!(
+            e.contains("key `upstream.github`: \"o\" is not OWNER/REPO"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{HEAD}{}{SRC}",
+            UP.replace("tag = \"v{version}\"", "tag = \"v\"")
+        ));
+        assert!(
+            e.contains("key `upstream.tag`: must contain {version} exactly once"),
+            "{e}"
+        );
+        let up = UP.replace(
+            "tag = \"v{version}\"\n",
+            "tag = \"v{version}\"\nstreams = \"major\"\n",
+        );
         let e = err(&format!("{HEAD}{up}{SRC}"));
         assert!(e.contains("unknown stream kind \"major\""), "{e}");
 
         let link = "[[symlink]]\npath = \"usr/bin/x\"\ntarget = \"../../../etc/shadow\"\n";
         let e = err(&format!("{HEAD}version = \"1\"\n{link}"));
-        assert!(e.contains("key `symlink.target`") && e.contains("outside the image root"), "{e}");
+        assert!(
+            e.contains("key `symlink.target`") && e.contains("outside the image root"),
+            "{e}"
+        );
         let link = "[[symlink]]\npath = \"etc/x\"\ntarget = \"y\"\n";
         assert!(err(&format!("{HEAD}version = \"1\"\n{link}")).contains("key `symlink.path`"));
     }
@@ -1591,6 +1695,9 @@ mod tests {
         let mut names = Vec::new();
         for e in fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
+            if !p.is_dir() {
+                continue;
+            }
             let t = crate::recipe::RecipeTemplate::load(&p).unwrap_or_else(|e| panic!("{e}"));
             assert!(t.has_upstream(), "{}", p.display());
             assert_eq!(t.architectures, vec![Arch::X86_64, Arch::Arm64]);
@@ -1599,14 +1706,57 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["containerd", "docker", "falco", "k3s", "kubernetes", "nvidia-runtime", "rke2", "wasmtime"]
+            [
+                "containerd",
+                "docker",
+                "falco",
+                "k3s",
+                "kubernetes",
+                "nvidia-runtime",
+                "rke2",
+                "wasmtime"
+            ]
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn templates_never_panic(text in "\\PC{0,40}", value in "[a-z0-9.]{0,8}") {
+            if let Ok(t) = Template::parse(&text) {
+                let mut vars = Vars::new();
+                for v in t.vars() {
+                    vars.insert(v.to_string(), value.clone());
+                }
+                let rendered = t.render(&vars).unwrap();
+                if t.uses("version") && t.parts.iter().filter(|p| matches!(p, Part::Var(v) if v == "version")).count() == 1 && !value.is_empty() {
+                    proptest::prop_assert_eq!(t.capture(&vars, &rendered, "version"), Some(value.clone()));
+                }
+            }
+        }
+
+        #[test]
+        fn remote_tables_never_panic(body in "\\PC{0,60}(\n\\PC{0,60}){0,4}") {
+            let text = format!("{HEAD}[upstream]\n{body}\n{SRC}");
+            let _ = template(&text);
+            let text = format!("{HEAD}{UP}[[source]]\n{body}\n");
+            if let Err(RecipeError::Invalid { location, .. }) = template(&text) {
+                proptest::prop_assert!(location.line >= 1);
+            }
+        }
     }
 
     fn write_ar(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = b"!<arch>\n".to_vec();
         for (name, data) in members {
-            let mut h = format!("{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", name, 0, 0, 0, 100644, data.len());
+            let mut h = format!(
+                "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+                name,
+                0,
+                0,
+                0,
+                100644,
+                data.len()
+            );
             h.truncate(60);
             out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(data);

@@ -25,10 +25,10 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use sysupdate::extension::{extension_release_path, ExtensionRelease};
 use sysupdate::Arch;
 
 use crate::recipe::{Location, Recipe, UnitName};
-use crate::release::{ReleaseFile, EXTENSION_RELEASE_DIR};
 use crate::tree::{DirNode, EntryName, FileContent, FileNode, Node, StagedTree, SymlinkNode};
 
 /// Mode of every directory in an image.
@@ -282,15 +282,13 @@ fn merge_into(
                 into.entries.insert(name.clone(), n.clone());
             }
             (Some(Node::Dir(a)), Node::Dir(b)) => merge_into(a, b, &child_rel, recipe, arch)?,
-            (Some(_), _) => {
-                return Err(StageError::Lint {
-                    path: recipe.files_dir().join(&child_rel),
-                    problem: format!(
-                        "both the recipe (files/, [[symlink]] or a generated file) and a downloaded \
+            (Some(_), _) => return Err(StageError::Lint {
+                path: recipe.files_dir().join(&child_rel),
+                problem: format!(
+                    "both the recipe (files/, [[symlink]] or a generated file) and a downloaded \
                          input for {arch} place /{child_rel}; remove one of them"
-                    ),
-                })
-            }
+                ),
+            }),
         }
     }
     Ok(())
@@ -302,16 +300,13 @@ impl StagedRecipe<'_> {
     }
 
     /// The extension-release written into the image for `arch`.
-    pub fn extension_release(&self, arch: Arch) -> ReleaseFile {
-        ReleaseFile::for_extension(self.recipe, arch)
+    pub fn extension_release(&self, arch: Arch) -> ExtensionRelease {
+        crate::release::for_recipe(self.recipe, arch)
     }
 
     /// Path of the extension-release file inside the image.
     pub fn extension_release_path(&self) -> String {
-        format!(
-            "{EXTENSION_RELEASE_DIR}/extension-release.{}",
-            self.recipe.name
-        )
+        extension_release_path(&self.recipe.name.to_image_name())
     }
 
     /// The complete tree of the image for `arch`.

@@ -20,7 +20,7 @@ use sysupdate::{Arch, Version};
 use crate::fetch::github::GithubApi;
 use crate::fetch::{parse_url, FetchError, Fetcher};
 use crate::recipe::RecipeTemplate;
-use crate::source::{Remote, StreamKind, Upstream, VersionSource, Vars, Versions};
+use crate::source::{Remote, StreamKind, Upstream, Vars, VersionSource, Versions};
 
 /// Largest listing, schedule or version file accepted.
 const TEXT_LIMIT: u64 = 8 << 20;
@@ -255,7 +255,9 @@ pub enum VersionsError {
         version: Version,
         stream: Stream,
     },
-    #[error("{recipe}: has no [upstream], so its versions cannot be listed; its version is {fixed}")]
+    #[error(
+        "{recipe}: has no [upstream], so its versions cannot be listed; its version is {fixed}"
+    )]
     NoUpstream { recipe: String, fixed: String },
     #[error("{0}")]
     Invalid(String),
@@ -309,9 +311,7 @@ impl Discovery {
                 let mut common: Option<BTreeSet<Version>> = None;
                 for &arch in arches {
                     let vars = remote.arch_only_vars(extension, arch);
-                    let url = url
-                        .render(&vars)
-                        .map_err(VersionsError::Invalid)?;
+                    let url = url.render(&vars).map_err(VersionsError::Invalid)?;
                     let parsed = parse_url(&url)?;
                     let text = self.fetcher.fetch_text(&parsed, TEXT_LIMIT).await?;
                     let found: BTreeSet<Version> = listing_names(&text)
@@ -443,10 +443,13 @@ impl Discovery {
                 let list = self
                     .list(name, remote, up, &t.architectures, Some(&main))
                     .await?;
-                let v = list.into_iter().next().ok_or_else(|| VersionsError::NoVersions {
-                    what: format!("{name}: [secondary.{sname}]"),
-                    detail: describe(up),
-                })?;
+                let v = list
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| VersionsError::NoVersions {
+                        what: format!("{name}: [secondary.{sname}]"),
+                        detail: describe(up),
+                    })?;
                 secondary.insert(sname.clone(), v);
             }
         }
@@ -455,7 +458,11 @@ impl Discovery {
 }
 
 fn upstream_of(t: &RecipeTemplate) -> Result<(&Remote, &Upstream), VersionsError> {
-    match t.remote.as_ref().and_then(|r| r.upstream.as_ref().map(|u| (r, u))) {
+    match t
+        .remote
+        .as_ref()
+        .and_then(|r| r.upstream.as_ref().map(|u| (r, u)))
+    {
         Some(x) => Ok(x),
         None => Err(VersionsError::NoUpstream {
             recipe: t.name.to_string(),
@@ -530,7 +537,8 @@ pub fn listing_names(text: &str) -> Vec<String> {
 /// supported minor, its `previousPatches` (`v` + release); a minor with no
 /// patches yet counts as `MINOR.0`.
 pub fn schedule_versions(text: &str) -> Result<Vec<String>, String> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
     let schedules = doc
         .get("schedules")
         .and_then(|s| s.as_sequence())
@@ -551,7 +559,11 @@ pub fn schedule_versions(text: &str) -> Result<Vec<String>, String> {
         let patches: Vec<String> = s
             .get("previousPatches")
             .and_then(|p| p.as_sequence())
-            .map(|p| p.iter().filter_map(|x| x.get("release").and_then(as_text)).collect())
+            .map(|p| {
+                p.iter()
+                    .filter_map(|x| x.get("release").and_then(as_text))
+                    .collect()
+            })
             .unwrap_or_default();
         if patches.is_empty() {
             out.push(format!("v{release}.0"));
@@ -568,6 +580,30 @@ mod tests {
 
     fn v(s: &str) -> Version {
         Version::new(s).unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn globs_and_streams_never_panic(pattern in "\\PC{0,12}", text in "\\PC{0,16}") {
+            if let Ok(g) = Glob::new(&pattern) {
+                let _ = g.matches(&text);
+            }
+            if let Ok(v) = Version::new(text.clone()) {
+                if let Some(s) = Stream::of(&v) {
+                    proptest::prop_assert!(s.contains(&v));
+                    proptest::prop_assert_eq!(s.as_str().parse::<Stream>().ok(), Some(s.clone()));
+                }
+            }
+            let _ = listing_names(&text);
+            let _ = schedule_versions(&text);
+        }
+
+        #[test]
+        fn a_literal_glob_matches_only_itself(text in "[a-z0-9.+-]{0,12}", other in "[a-z0-9.+-]{0,12}") {
+            let g = Glob::new(&text).unwrap();
+            proptest::prop_assert!(g.matches(&text));
+            proptest::prop_assert_eq!(g.matches(&other), text == other);
+        }
     }
 
     #[test]
@@ -601,20 +637,22 @@ mod tests {
 
     #[test]
     fn newest_uses_uapi_order() {
-        let all = vec![
-            v("v1.30.9"),
-            v("v1.31.0"),
-            v("v1.30.10"),
-            v("v1.29.15"),
-        ];
+        let all = vec![v("v1.30.9"), v("v1.31.0"), v("v1.30.10"), v("v1.29.15")];
         let s: Stream = "v1.30".parse().unwrap();
         assert_eq!(newest(&all, Some(&s)).unwrap().as_str(), "v1.30.10");
         assert_eq!(newest(&all, None).unwrap().as_str(), "v1.31.0");
-        let k3s = vec![v("v1.30.4+k3s1"), v("v1.30.4+k3s2"), v("v1.30.10+k3s1"), v("v1.30.9+k3s3")];
+        let k3s = vec![
+            v("v1.30.4+k3s1"),
+            v("v1.30.4+k3s2"),
+            v("v1.30.10+k3s1"),
+            v("v1.30.9+k3s3"),
+        ];
         assert_eq!(newest(&k3s, Some(&s)).unwrap().as_str(), "v1.30.10+k3s1");
         let st = streams(&all);
         assert_eq!(
-            st.iter().map(|(s, v)| format!("{s}={v}")).collect::<Vec<_>>(),
+            st.iter()
+                .map(|(s, v)| format!("{s}={v}"))
+                .collect::<Vec<_>>(),
             vec!["v1.31=v1.31.0", "v1.30=v1.30.10", "v1.29=v1.29.15"]
         );
         let mut sorted = k3s.clone();
@@ -632,8 +670,14 @@ mod tests {
 <A HREF="/linux/static/stable/x86_64/docker-rootless-extras-27.1.1.tgz">x</A>
 </pre></body></html>"#;
         let names = listing_names(html);
-        assert!(names.contains(&"docker-26.1.4.tgz".to_string()), "{names:?}");
-        assert!(names.contains(&"docker-27.1.1.tgz".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"docker-26.1.4.tgz".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"docker-27.1.1.tgz".to_string()),
+            "{names:?}"
+        );
         assert!(names.contains(&"docker-rootless-extras-27.1.1.tgz".to_string()));
         assert_eq!(listing_names("a.tgz\nb/\n"), vec!["a.tgz", "b"]);
     }

@@ -12,8 +12,8 @@ cd "$(dirname "$0")/../.."
 size_mib=${1:-100}
 runs=${RUNS:-5}
 [ "$(id -u)" = 0 ] || { echo "error: run as root (the update mounts in a private mount namespace)" >&2; exit 1; }
-for tool in mksquashfs sha256sum unshare; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is not installed (squashfs-tools, coreutils, util-linux)" >&2; exit 1; }
+for tool in mksquashfs sha256sum openssl unshare; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is not installed (squashfs-tools, coreutils, openssl, util-linux)" >&2; exit 1; }
 done
 
 UPDATE_BENCH_MIB=$size_mib UPDATE_BENCH_RUNS=$runs \

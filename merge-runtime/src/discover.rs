@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use sysupdate::extension::ImageName;
 
-use crate::name::ExtensionName;
 use crate::root::{fd_path, Root};
 
 /// Search directories, highest precedence first (systemd ≥ 254; 252 also
@@ -147,7 +147,7 @@ impl Sidecars {
 /// A discovered extension image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Image {
-    pub name: ExtensionName,
+    pub name: ImageName,
     pub kind: EntryKind,
     /// The path of the directory entry (under `--root`), as systemd shows it.
     pub path: PathBuf,
@@ -169,7 +169,7 @@ pub struct Image {
 /// A name hidden by an empty directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct Masked {
-    pub name: ExtensionName,
+    pub name: ImageName,
     pub path: PathBuf,
 }
 
@@ -287,7 +287,7 @@ pub fn discover_in(root: &Root, dirs: &[&'static str]) -> io::Result<Discovery> 
             } else {
                 continue;
             };
-            let Ok(name) = ExtensionName::new(name) else {
+            let Ok(name) = ImageName::new(name) else {
                 out.skipped.push(Skipped {
                     path: entry_path,
                     reason: "not a valid image name".into(),

@@ -8,7 +8,9 @@
 //! Modules, from the outside in:
 //! - [`runtime`]: the commands (merge, refresh, unmerge, status, list, verify);
 //! - [`discover`]: search directories, precedence, masking, formats, sidecars;
-//! - [`release`] and [`osrelease`]: extension-release lookup and validation;
+//! - [`release`] and [`osrelease`]: finding and reading extension-release
+//!   and os-release files (their format and rules are
+//!   `sysupdate::extension`'s);
 //! - [`verify`]: policy, signatures, verity backends;
 //! - [`update`]: `update`, `rollback` and `pending` (A/B updates from a feed);
 //! - [`dmverity`]: kernel dm-verity devices and the kernel keyring;
@@ -29,6 +31,6 @@ pub mod runtime;
 pub mod update;
 pub mod verify;
 
-pub use name::ExtensionName;
 pub use runtime::{list, merge, refresh, status, unmerge, verify_image, Options};
+pub use sysupdate::extension::ImageName;
 pub use verify::{Policy, VerityMode};

@@ -34,11 +34,11 @@ use rustix::mount::{
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sysupdate::extension::{wants_manager_reload, ImageName};
 
 use crate::discover::{discover, Discovery, EntryKind, Format, Image, Masked, Skipped};
 use crate::loopdev::{LoopDevice, Window};
 use crate::mounts::{self, is_merged_tree, MARKER_DIR, STATE_FILE};
-use crate::name::ExtensionName;
 use crate::release::{self, HostRelease, HostReleaseError};
 use crate::root::{self, Root};
 use crate::verify::{
@@ -414,7 +414,7 @@ impl Workspace {
         Ok(Workspace { dir })
     }
 
-    fn ext_dir(&self, name: &ExtensionName) -> PathBuf {
+    fn ext_dir(&self, name: &ImageName) -> PathBuf {
         self.dir.join("extensions").join(name.as_str())
     }
 
@@ -433,7 +433,7 @@ impl Workspace {
 
 /// An image that passed every check, mounted in the staging namespace.
 struct Prepared {
-    name: ExtensionName,
+    name: ImageName,
     dir: PathBuf,
     report: ImageReport,
     /// Kept until the overlays hold the filesystem; dropping it then only
@@ -450,14 +450,6 @@ fn refuse(stage: Stage, reason: impl Into<String>) -> Refusal {
     Refusal {
         stage,
         reason: reason.into(),
-    }
-}
-
-fn parse_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
-        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
-        _ => None,
     }
 }
 
@@ -664,11 +656,7 @@ fn prepare_one(
             .map_err(|m| unmount_and(refuse(Stage::Compatibility, m.to_string())))?;
     }
     if let Ok(f) = &found {
-        report.reload_manager = f
-            .file
-            .get("EXTENSION_RELOAD_MANAGER")
-            .and_then(parse_bool)
-            .unwrap_or(false);
+        report.reload_manager = wants_manager_reload(&f.file);
     }
     Ok((dir, loop_dev))
 }
@@ -1190,16 +1178,15 @@ fn merged_tree_wants_reload(tree: &Path) -> bool {
         return false;
     };
     names.iter().any(|n| {
-        let Ok(n) = ExtensionName::new(n.as_str()) else {
+        let Ok(n) = ImageName::new(n.as_str()) else {
             return false;
         };
         // `tree` is /usr: the release files are at lib/extension-release.d.
         let p = tree
             .join("lib/extension-release.d")
             .join(format!("extension-release.{n}"));
-        crate::osrelease::ReleaseFile::read(&p)
-            .ok()
-            .and_then(|f| f.get("EXTENSION_RELOAD_MANAGER").and_then(parse_bool))
+        crate::osrelease::read(&p)
+            .map(|f| wants_manager_reload(&f))
             .unwrap_or(false)
     })
 }

@@ -1,85 +1,14 @@
-//! Validated names the feed is made of: extension names and the names of
-//! files published in a feed directory.
+//! Validated names the feed is made of: the names of files published in a
+//! feed directory, and (re-exported from `sysupdate::extension`) extension
+//! names.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// An extension (image) name as systemd-sysext sees it: the image file name
-/// minus `.raw`, the suffix of `extension-release.NAME`, the feed directory
-/// name, the GitHub release tag and the sysupdate component.
-///
-/// Same rules as `bakery::recipe::ExtensionName` (1–128 characters from
-/// `[A-Za-z0-9_.-]`, not starting with `.` or `-`, not ending with `.raw`);
-/// it lives here too because `releases` sits below `bakery`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ExtensionName(String);
-
-/// Text that cannot be an extension name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid extension name {text:?}: {reason}")]
-pub struct BadExtensionName {
-    pub text: String,
-    pub reason: &'static str,
-}
-
-impl ExtensionName {
-    pub fn new(s: impl Into<String>) -> Result<Self, BadExtensionName> {
-        let text = s.into();
-        let reason = if text.is_empty() {
-            Some("it is empty")
-        } else if text.len() > 128 {
-            Some("it is longer than 128 characters")
-        } else if !text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
-            Some("only letters, digits, '_', '.' and '-' are allowed")
-        } else if text.starts_with('.') || text.starts_with('-') {
-            Some("it must not start with '.' or '-'")
-        } else if text.ends_with(".raw") {
-            Some("it must not end with \".raw\" (systemd strips that suffix from image names)")
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => Err(BadExtensionName { text, reason }),
-            None => Ok(ExtensionName(text)),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ExtensionName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for ExtensionName {
-    type Err = BadExtensionName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ExtensionName::new(s)
-    }
-}
-
-impl TryFrom<String> for ExtensionName {
-    type Error = BadExtensionName;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        ExtensionName::new(s)
-    }
-}
-
-impl From<ExtensionName> for String {
-    fn from(n: ExtensionName) -> String {
-        n.0
-    }
-}
+/// Extension names: one type for the whole project, in `sysupdate`.
+pub use sysupdate::extension::{BadExtensionName, ExtensionName};
 
 /// The name of a file inside a feed directory (and of a GitHub release
 /// asset): one path component, never hidden, from a character set that
@@ -166,17 +95,6 @@ impl AsRef<str> for FeedFileName {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn extension_names() {
-        for ok in ["kubernetes", "k3s", "nvidia-runtime", "a_b.c"] {
-            ExtensionName::new(ok).unwrap();
-        }
-        for bad in ["", ".x", "-x", "a/b", "x.raw", "a b", "ü"] {
-            let e = ExtensionName::new(bad).unwrap_err();
-            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
-        }
-    }
 
     #[test]
     fn feed_file_names() {

@@ -8,14 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bakery::build::{build, BuildOptions, BuildReport};
-use bakery::recipe::Scope;
-use bakery::release::{check_compatible, Host, Incompatible, ReleaseFile};
 use bakery::squashfs::Compression;
 use bakery::stage::SourceDateEpoch;
 use integration_tests::{
     bakery_bin, example, in_private_mount_ns, list_dir, output, require_root, require_tool, run_ok,
     shell_quote, SysextRoot, HOST_MARKER,
 };
+use sysupdate::extension::{check_compatible, Host, Incompatible, OsRelease, Scope};
 use sysupdate::Arch;
 
 /// 2023-11-14 22:14:00 UTC: a whole minute, as `unsquashfs -lls` shows minutes.
@@ -192,18 +191,14 @@ fn systemd_sysext_merges_and_unmerges_the_image() {
 
     let os_release = "ID=debian\nVERSION_ID=12\n";
     // Our own check agrees with what systemd-sysext is about to do.
-    let ext = ReleaseFile::parse(&unsquashfs_cat(
+    let ext = OsRelease::parse(&unsquashfs_cat(
         image,
         "usr/lib/extension-release.d/extension-release.hello",
     ))
     .unwrap();
-    let host_release = ReleaseFile::parse(os_release).unwrap();
-    let host = Host {
-        os_release: &host_release,
-        arch: native,
-        scope: Scope::System,
-    };
-    check_compatible(&ext, host).expect("the example fits any host");
+    let host_release = OsRelease::parse(os_release).unwrap();
+    let host = Host::from_os_release(&host_release, native.as_str(), Scope::System).unwrap();
+    check_compatible(&ext, &host).expect("the example fits any host");
 
     let root = SysextRoot::new(os_release);
     root.add_image("hello", image);
@@ -280,17 +275,10 @@ fn image_for_another_os_is_refused_by_systemd_sysext_and_by_us() {
     );
 
     // Our check says why.
-    let ext = ReleaseFile::parse(&ext_text).unwrap();
-    let host_release = ReleaseFile::parse(os_release).unwrap();
-    let err = check_compatible(
-        &ext,
-        Host {
-            os_release: &host_release,
-            arch: native,
-            scope: Scope::System,
-        },
-    )
-    .unwrap_err();
+    let ext = OsRelease::parse(&ext_text).unwrap();
+    let host_release = OsRelease::parse(os_release).unwrap();
+    let host = Host::from_os_release(&host_release, native.as_str(), Scope::System).unwrap();
+    let err = check_compatible(&ext, &host).unwrap_err();
     assert_eq!(
         err,
         Incompatible::Os {
@@ -300,7 +288,7 @@ fn image_for_another_os_is_refused_by_systemd_sysext_and_by_us() {
     );
     assert_eq!(
         err.to_string(),
-        "the extension is for OS ID=\"otheros\" but the host's os-release says ID=\"debian\""
+        "the extension is for OS ID=otheros but the host's os-release says ID=debian"
     );
 
     // systemd-sysext refuses it: nothing is merged.
@@ -333,20 +321,12 @@ fn image_for_another_os_is_refused_by_systemd_sysext_and_by_us() {
     };
     let out2 = tempfile::tempdir().unwrap();
     let report = build_example(out2.path(), &[other], 0);
-    let ext = ReleaseFile::parse(&unsquashfs_cat(
+    let ext = OsRelease::parse(&unsquashfs_cat(
         &report.images[0].path,
         "usr/lib/extension-release.d/extension-release.hello",
     ))
     .unwrap();
-    let err = check_compatible(
-        &ext,
-        Host {
-            os_release: &host_release,
-            arch: native,
-            scope: Scope::System,
-        },
-    )
-    .unwrap_err();
+    let err = check_compatible(&ext, &host).unwrap_err();
     assert!(matches!(err, Incompatible::Architecture { .. }), "{err}");
     let root = SysextRoot::new(os_release);
     root.add_image("hello", &report.images[0].path);

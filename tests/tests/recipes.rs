@@ -116,9 +116,14 @@ fn listing(image: &Path) -> Vec<String> {
 fn lls(image: &Path, path: &str) -> String {
     let out = run_ok(Command::new("unsquashfs").arg("-lls").arg(image));
     out.lines()
-        .find(|l| l.contains(&format!("squashfs-root/{path}")) && {
-            let after = l.split(&format!("squashfs-root/{path}")).nth(1).unwrap_or("x");
-            after.is_empty() || after.starts_with(" -> ")
+        .find(|l| {
+            l.contains(&format!("squashfs-root/{path}")) && {
+                let after = l
+                    .split(&format!("squashfs-root/{path}"))
+                    .nth(1)
+                    .unwrap_or("x");
+                after.is_empty() || after.starts_with(" -> ")
+            }
         })
         .unwrap_or_else(|| panic!("{path} not in {}:\n{out}", image.display()))
         .to_string()
@@ -245,35 +250,60 @@ fn all_eight_lock_build_for_both_arches_and_merge() {
         );
     }
     // Docker, wasmtime, falco and NVIDIA publish no checksum: pinned.
-    for pinned in ["docker (x86-64)", "wasmtime (arm64)", "falco (x86-64)", "toolkit (arm64)"] {
-        assert!(locked.contains(&format!("  {pinned}: no published checksum; pinned")), "{locked}");
+    for pinned in [
+        "docker (x86-64)",
+        "wasmtime (arm64)",
+        "falco (x86-64)",
+        "toolkit (arm64)",
+    ] {
+        assert!(
+            locked.contains(&format!("  {pinned}: no published checksum; pinned")),
+            "{locked}"
+        );
     }
     let klock = fs::read_to_string(env.recipes().join("kubernetes/kubernetes-v1.30.lock")).unwrap();
     assert!(klock.contains("version = \"v1.30.10\""), "{klock}");
     assert!(klock.contains("cni = \"v1.5.1\""), "{klock}");
-    assert!(klock.contains("url = \"https://dl.k8s.io/v1.30.10/bin/linux/arm64/kubelet\""), "{klock}");
-    assert!(klock.contains("checked = \"https://dl.k8s.io/v1.30.10/bin/linux/arm64/kubelet.sha256\""));
+    assert!(
+        klock.contains("url = \"https://dl.k8s.io/v1.30.10/bin/linux/arm64/kubelet\""),
+        "{klock}"
+    );
+    assert!(
+        klock.contains("checked = \"https://dl.k8s.io/v1.30.10/bin/linux/arm64/kubelet.sha256\"")
+    );
     let clock = fs::read_to_string(env.recipes().join("containerd/bakery.lock")).unwrap();
     assert!(clock.contains("runc = \"v1.1.13\""), "{clock}");
     let dlock = fs::read_to_string(env.recipes().join("docker/bakery.lock")).unwrap();
     assert!(dlock.contains("checked = \"pinned\""), "{dlock}");
     let listed = env.ok("list", &[]);
-    assert!(listed.contains("locked:        kubernetes-v1.30 = v1.30.10"), "{listed}");
+    assert!(
+        listed.contains("locked:        kubernetes-v1.30 = v1.30.10"),
+        "{listed}"
+    );
 
     // Build all eight, both architectures, in one run.
     let built = env.build(&targets(), &[]);
     let out = env.out();
     for (target, version) in EXPECTED {
         let recipe = recipe_of(target);
-        assert!(built.contains(&format!("built {recipe} {version}")), "{built}");
+        assert!(
+            built.contains(&format!("built {recipe} {version}")),
+            "{built}"
+        );
         for arch in ["x86-64", "arm64"] {
             let image = out.join(image_name(target, version, arch));
             assert!(image.is_file(), "{} missing:\n{built}", image.display());
             let files = listing(&image);
             for p in expected_paths(recipe) {
-                assert!(files.iter().any(|f| f == p), "{recipe} {arch}: no {p} in {files:#?}");
+                assert!(
+                    files.iter().any(|f| f == p),
+                    "{recipe} {arch}: no {p} in {files:#?}"
+                );
             }
-            assert!(!files.iter().any(|f| f == "usr/sbin" || f == "etc"), "{files:?}");
+            assert!(
+                !files.iter().any(|f| f == "usr/sbin" || f == "etc"),
+                "{files:?}"
+            );
             assert!(!files.iter().any(|f| f.starts_with("etc/")), "{files:?}");
             let rel = String::from_utf8(cat(
                 &image,
@@ -281,10 +311,15 @@ fn all_eight_lock_build_for_both_arches_and_merge() {
             ))
             .unwrap();
             assert!(rel.contains(&format!("ARCHITECTURE={arch}\n")), "{rel}");
-            assert!(rel.contains(&format!("SYSEXT_VERSION_ID={version}\n")), "{rel}");
+            assert!(
+                rel.contains(&format!("SYSEXT_VERSION_ID={version}\n")),
+                "{rel}"
+            );
             let prov: serde_json::Value = serde_json::from_slice(
-                &fs::read(out.join(image_name(target, version, arch).replace(".raw", ".provenance.json")))
-                    .unwrap(),
+                &fs::read(
+                    out.join(image_name(target, version, arch).replace(".raw", ".provenance.json")),
+                )
+                .unwrap(),
             )
             .unwrap();
             assert_eq!(prov["unpinned"], false);
@@ -304,18 +339,34 @@ fn all_eight_lock_build_for_both_arches_and_merge() {
     }
     // Specifics of the spec.
     let k = out.join(image_name("kubernetes-v1.30", "v1.30.10", "x86-64"));
-    assert!(lls(&k, "usr/bin/kubelet").starts_with("-rwxr-xr-x root/root"), "{}", lls(&k, "usr/bin/kubelet"));
-    let dropin = String::from_utf8(cat(&k, "usr/lib/systemd/system/multi-user.target.d/10-kubernetes.conf")).unwrap();
+    assert!(
+        lls(&k, "usr/bin/kubelet").starts_with("-rwxr-xr-x root/root"),
+        "{}",
+        lls(&k, "usr/bin/kubelet")
+    );
+    let dropin = String::from_utf8(cat(
+        &k,
+        "usr/lib/systemd/system/multi-user.target.d/10-kubernetes.conf",
+    ))
+    .unwrap();
     assert!(dropin.contains("Upholds=kubelet.service"), "{dropin}");
     let k3s = out.join(image_name("k3s-v1.30", "v1.30.10+k3s1", "arm64"));
     assert!(lls(&k3s, "usr/local/bin/kubectl").ends_with("-> k3s"));
     let rke2 = listing(&out.join(image_name("rke2-v1.30", "v1.30.10+rke2r1", "x86-64")));
-    assert!(!rke2.iter().any(|f| f.ends_with("rke2-uninstall.sh")), "{rke2:?}");
+    assert!(
+        !rke2.iter().any(|f| f.ends_with("rke2-uninstall.sh")),
+        "{rke2:?}"
+    );
     let nv = out.join(image_name("nvidia-runtime", "1.16.2", "x86-64"));
     assert!(lls(&nv, "usr/local/nvidia").ends_with("-> /opt/nvidia"));
-    assert!(lls(&nv, "usr/lib64/libnvidia-container.so.1").ends_with("-> libnvidia-container.so.1.16.2"));
+    assert!(lls(&nv, "usr/lib64/libnvidia-container.so.1")
+        .ends_with("-> libnvidia-container.so.1.16.2"));
     let docker = out.join(image_name("docker", "27.1.1", "x86-64"));
-    let sock = String::from_utf8(cat(&docker, "usr/lib/systemd/system/sockets.target.d/10-docker.conf")).unwrap();
+    let sock = String::from_utf8(cat(
+        &docker,
+        "usr/lib/systemd/system/sockets.target.d/10-docker.conf",
+    ))
+    .unwrap();
     assert!(sock.contains("Upholds=docker.socket"), "{sock}");
     let falco = out.join(image_name("falco", "0.38.2", "arm64"));
     let tmpfiles = String::from_utf8(cat(&falco, "usr/lib/tmpfiles.d/10-falco.conf")).unwrap();
@@ -324,7 +375,10 @@ fn all_eight_lock_build_for_both_arches_and_merge() {
     // systemd-sysext merges every x86-64 image into a host root.
     let root = SysextRoot::new("ID=flatcar\nVERSION_ID=3815.2.0\nSYSEXT_LEVEL=1.0\n");
     for (target, version) in EXPECTED {
-        root.add_image(recipe_of(target), &out.join(image_name(target, version, "x86-64")));
+        root.add_image(
+            recipe_of(target),
+            &out.join(image_name(target, version, "x86-64")),
+        );
     }
     let r = shell_quote(root.path().as_os_str());
     let script = format!(
@@ -366,7 +420,13 @@ fn streams_pick_the_newest_patch_in_uapi_order() {
     let v = env.ok("versions", &["kubernetes"]);
     assert!(v.contains("kubernetes-v1.31  v1.31.1"), "{v}");
     assert!(v.contains("kubernetes-v1.30  v1.30.10"), "{v}");
-    let first = v.split("versions:\n").nth(1).unwrap().lines().next().unwrap();
+    let first = v
+        .split("versions:\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
     assert_eq!(first, "v1.31.1");
     let v = env.ok("versions", &["kubernetes-v1.30"]);
     assert_eq!(v.lines().collect::<Vec<_>>(), ["v1.30.10", "v1.30.9"]);
@@ -378,17 +438,35 @@ fn streams_pick_the_newest_patch_in_uapi_order() {
         ["v1.30.10+k3s1", "v1.30.9+k3s2", "v1.30.9+k3s1"]
     );
     let all = env.ok("versions", &["k3s", "--limit", "0"]);
-    assert!(all.contains("v1.29.14+k3s1") && !all.contains("v1.29.15") && !all.contains("rc1"), "{all}");
-    let api = env.fx.up.requests_for("/api.github.com/repos/k3s-io/k3s/releases");
-    assert!(api.iter().any(|r| r.query.as_deref().unwrap_or("").contains("page=4")), "{api:?}");
+    assert!(
+        all.contains("v1.29.14+k3s1") && !all.contains("v1.29.15") && !all.contains("rc1"),
+        "{all}"
+    );
+    let api = env
+        .fx
+        .up
+        .requests_for("/api.github.com/repos/k3s-io/k3s/releases");
+    assert!(
+        api.iter()
+            .any(|r| r.query.as_deref().unwrap_or("").contains("page=4")),
+        "{api:?}"
+    );
     // Docker: only versions listed for every architecture; no
     // rootless-extras; containerd's api/ tags are not versions.
-    assert_eq!(env.ok("versions", &["docker"]).lines().collect::<Vec<_>>(), ["27.1.1", "26.1.4"]);
     assert_eq!(
-        env.ok("versions", &["containerd"]).lines().collect::<Vec<_>>(),
+        env.ok("versions", &["docker"]).lines().collect::<Vec<_>>(),
+        ["27.1.1", "26.1.4"]
+    );
+    assert_eq!(
+        env.ok("versions", &["containerd"])
+            .lines()
+            .collect::<Vec<_>>(),
         ["1.7.20", "1.7.19", "1.6.35"]
     );
-    assert_eq!(env.ok("versions", &["falco"]).lines().collect::<Vec<_>>(), ["0.38.2", "0.38.1"]);
+    assert_eq!(
+        env.ok("versions", &["falco"]).lines().collect::<Vec<_>>(),
+        ["0.38.2", "0.38.1"]
+    );
 
     // Without a lock, `kubernetes-v1.30` resolves upstream to v1.30.10
     // although v1.31.1 exists, and checks the .sha256 files.
@@ -396,12 +474,25 @@ fn streams_pick_the_newest_patch_in_uapi_order() {
     assert!(built.contains("built kubernetes v1.30.10"), "{built}");
     assert!(built.contains("built k3s v1.30.10+k3s1"), "{built}");
     assert!(env.out().join("kubernetes-v1.30.10-x86-64.raw").is_file());
-    let prov = fs::read_to_string(env.out().join("kubernetes-v1.30.10-x86-64.provenance.json")).unwrap();
-    assert!(prov.contains("\"verified\": \"https://dl.k8s.io/v1.30.10/bin/linux/amd64/kubelet.sha256\""), "{prov}");
-    assert!(env.fx.up.requests_for("/dl.k8s.io/v1.31.1/bin/linux/amd64/kubelet").is_empty());
+    let prov =
+        fs::read_to_string(env.out().join("kubernetes-v1.30.10-x86-64.provenance.json")).unwrap();
+    assert!(
+        prov.contains(
+            "\"verified\": \"https://dl.k8s.io/v1.30.10/bin/linux/amd64/kubelet.sha256\""
+        ),
+        "{prov}"
+    );
+    assert!(env
+        .fx
+        .up
+        .requests_for("/dl.k8s.io/v1.31.1/bin/linux/amd64/kubelet")
+        .is_empty());
     // A stream that does not exist, and a recipe without streams.
     let e = env.fails("build", &["kubernetes-v1.99"]);
-    assert!(e.contains("no version in stream v1.99") && e.contains("v1.31 (v1.31.1)"), "{e}");
+    assert!(
+        e.contains("no version in stream v1.99") && e.contains("v1.31 (v1.31.1)"),
+        "{e}"
+    );
     let e = env.fails("build", &["docker-v1.30"]);
     assert!(e.contains("docker: has no streams"), "{e}");
 }
@@ -423,7 +514,12 @@ fn cache_is_clean(cache: &Path, bad: &str) {
                     e.path().display()
                 );
                 let digest = recipes_common::sha256_hex(&fs::read(e.path()).unwrap());
-                assert_eq!(digest, name, "{} does not hash to its name", e.path().display());
+                assert_eq!(
+                    digest,
+                    name,
+                    "{} does not hash to its name",
+                    e.path().display()
+                );
                 assert_ne!(digest, bad, "the bad download was cached");
             }
         }
@@ -439,10 +535,31 @@ fn tampered_downloads_are_refused_and_nothing_is_kept() {
     let evil = recipes_common::elf(sysupdate::Arch::X86_64, "evil", 0);
     let bad = recipes_common::sha256_hex(&evil);
     env.fx.up.insert(path, evil);
-    let e = env.fails("build", &["kubernetes-v1.30", "--arch", "x86-64", "--output", env.out().to_str().unwrap()]);
-    assert!(e.contains("https://dl.k8s.io/v1.30.10/bin/linux/amd64/kubelet"), "{e}");
-    assert!(e.contains(&format!("expected sha256 {good}")) && e.contains(&format!("got sha256 {bad}")), "{e}");
-    assert!(integration_tests::list_dir(&env.out()).iter().all(|f| !f.ends_with(".raw")), "{:?}", integration_tests::list_dir(&env.out()));
+    let e = env.fails(
+        "build",
+        &[
+            "kubernetes-v1.30",
+            "--arch",
+            "x86-64",
+            "--output",
+            env.out().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        e.contains("https://dl.k8s.io/v1.30.10/bin/linux/amd64/kubelet"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("expected sha256 {good}")) && e.contains(&format!("got sha256 {bad}")),
+        "{e}"
+    );
+    assert!(
+        integration_tests::list_dir(&env.out())
+            .iter()
+            .all(|f| !f.ends_with(".raw")),
+        "{:?}",
+        integration_tests::list_dir(&env.out())
+    );
     cache_is_clean(&env.cache(), &bad);
 
     // A checksum file that does not match what is served (the download is
@@ -450,9 +567,22 @@ fn tampered_downloads_are_refused_and_nothing_is_kept() {
     let mut env2 = Env::new();
     let sums = "/github.com/k3s-io/k3s/releases/download/v1.30.10+k3s1/sha256sum-arm64.txt";
     let forged = "5".repeat(64);
-    env2.fx.put(sums, format!("{forged}  k3s-arm64\n").into_bytes());
-    let e = env2.fails("build", &["k3s-v1.30", "--arch", "arm64", "--output", env2.out().to_str().unwrap()]);
-    assert!(e.contains("https://github.com/k3s-io/k3s/releases/download/v1.30.10+k3s1/k3s-arm64"), "{e}");
+    env2.fx
+        .put(sums, format!("{forged}  k3s-arm64\n").into_bytes());
+    let e = env2.fails(
+        "build",
+        &[
+            "k3s-v1.30",
+            "--arch",
+            "arm64",
+            "--output",
+            env2.out().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        e.contains("https://github.com/k3s-io/k3s/releases/download/v1.30.10+k3s1/k3s-arm64"),
+        "{e}"
+    );
     assert!(e.contains(&format!("expected sha256 {forged}")), "{e}");
     assert!(!env2.out().join("k3s-v1.30.10+k3s1-arm64.raw").exists());
     cache_is_clean(&env2.cache(), "");
@@ -468,8 +598,20 @@ fn tampered_downloads_are_refused_and_nothing_is_kept() {
     env.fx.up.insert(wpath, replaced);
     // `bakery lock` downloaded (and cached) the original: start cold.
     fs::remove_dir_all(env.cache()).unwrap();
-    let e = env.fails("build", &["wasmtime", "--arch", "x86-64", "--output", env.out().to_str().unwrap()]);
-    assert!(e.contains("wasmtime-v25.0.1-x86_64-linux.tar.xz") && e.contains("checksum mismatch"), "{e}");
+    let e = env.fails(
+        "build",
+        &[
+            "wasmtime",
+            "--arch",
+            "x86-64",
+            "--output",
+            env.out().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        e.contains("wasmtime-v25.0.1-x86_64-linux.tar.xz") && e.contains("checksum mismatch"),
+        "{e}"
+    );
     assert!(!env.out().join("wasmtime-25.0.1-x86-64.raw").exists());
 }
 
@@ -479,12 +621,21 @@ fn unpinned_inputs_need_a_lock_or_the_flag_which_is_recorded() {
     let out = env.out();
     let e = env.fails("build", &["docker", "--output", out.to_str().unwrap()]);
     assert!(e.contains("input docker for x86-64"), "{e}");
-    assert!(e.contains("run `bakery lock docker`") && e.contains("--allow-unpinned"), "{e}");
+    assert!(
+        e.contains("run `bakery lock docker`") && e.contains("--allow-unpinned"),
+        "{e}"
+    );
     assert!(integration_tests::list_dir(&out).is_empty());
     let built = env.build(&["docker"], &["--allow-unpinned", "--arch", "arm64"]);
-    assert!(built.contains("unpinned: https://download.docker.com/linux/static/stable/aarch64/docker-27.1.1.tgz"), "{built}");
+    assert!(
+        built.contains(
+            "unpinned: https://download.docker.com/linux/static/stable/aarch64/docker-27.1.1.tgz"
+        ),
+        "{built}"
+    );
     let prov: serde_json::Value =
-        serde_json::from_slice(&fs::read(out.join("docker-27.1.1-arm64.provenance.json")).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(out.join("docker-27.1.1-arm64.provenance.json")).unwrap())
+            .unwrap();
     assert_eq!(prov["unpinned"], true);
     assert_eq!(prov["inputs"][0]["verified"], "unpinned");
 }
@@ -501,7 +652,10 @@ fn locked_rebuild_needs_no_network_and_gives_the_same_bytes() {
         .filter(|f| f.ends_with(".raw"))
         .collect();
     assert_eq!(images.len(), 6, "{images:?}");
-    let before: Vec<Vec<u8>> = images.iter().map(|f| fs::read(out.join(f)).unwrap()).collect();
+    let before: Vec<Vec<u8>> = images
+        .iter()
+        .map(|f| fs::read(out.join(f)).unwrap())
+        .collect();
     let sums_before = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
 
     // Upstream goes away.
@@ -512,21 +666,40 @@ fn locked_rebuild_needs_no_network_and_gives_the_same_bytes() {
     // Delete the output: rebuilt from the lock and the cache alone.
     fs::remove_dir_all(&out).unwrap();
     let rebuilt = env.build(&names, &[]);
-    assert!(rebuilt.contains("inputs: 0 downloaded, 4 from the cache"), "{rebuilt}");
+    assert!(
+        rebuilt.contains("inputs: 0 downloaded, 4 from the cache"),
+        "{rebuilt}"
+    );
     for (f, b) in images.iter().zip(&before) {
-        assert_eq!(&fs::read(out.join(f)).unwrap(), b, "{f} differs after the offline rebuild");
+        assert_eq!(
+            &fs::read(out.join(f)).unwrap(),
+            b,
+            "{f} differs after the offline rebuild"
+        );
     }
-    assert_eq!(fs::read_to_string(out.join("SHA256SUMS")).unwrap(), sums_before);
+    assert_eq!(
+        fs::read_to_string(out.join("SHA256SUMS")).unwrap(),
+        sums_before
+    );
 
     // A changed option (another compression) is not "up to date".
-    let other = env.build(&["wasmtime"], &["--compression", "gzip", "--arch", "x86-64"]);
+    let other = env.build(
+        &["wasmtime"],
+        &["--compression", "gzip", "--arch", "x86-64"],
+    );
     assert!(other.contains("built wasmtime 25.0.1"), "{other}");
 
     // Without the cache, the stopped upstream makes the build fail and
     // names the URL.
     fs::remove_dir_all(env.cache()).unwrap();
-    let e = env.fails("build", &["wasmtime", "--force", "--output", out.to_str().unwrap()]);
-    assert!(e.contains("https://github.com/bytecodealliance/wasmtime/releases/download/v25.0.1/"), "{e}");
+    let e = env.fails(
+        "build",
+        &["wasmtime", "--force", "--output", out.to_str().unwrap()],
+    );
+    assert!(
+        e.contains("https://github.com/bytecodealliance/wasmtime/releases/download/v25.0.1/"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -536,8 +709,14 @@ fn a_stale_lock_is_refused_with_what_to_do() {
     let recipe = env.recipes().join("wasmtime/recipe.toml");
     let text = fs::read_to_string(&recipe).unwrap();
     fs::write(&recipe, text.replace("linux.tar.xz", "linux-musl.tar.xz")).unwrap();
-    let e = env.fails("build", &["wasmtime", "--output", env.out().to_str().unwrap()]);
-    assert!(e.contains("wasmtime/bakery.lock: is stale") && e.contains("run `bakery lock wasmtime`"), "{e}");
+    let e = env.fails(
+        "build",
+        &["wasmtime", "--output", env.out().to_str().unwrap()],
+    );
+    assert!(
+        e.contains("wasmtime/bakery.lock: is stale") && e.contains("run `bakery lock wasmtime`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -553,18 +732,53 @@ fn lints_catch_wrong_arch_and_missing_exec_start() {
             0o755,
         )])),
     );
-    let e = env.fails("build", &["wasmtime", "--allow-unpinned", "--arch", "arm64", "--output", env.out().to_str().unwrap()]);
+    let e = env.fails(
+        "build",
+        &[
+            "wasmtime",
+            "--allow-unpinned",
+            "--arch",
+            "arm64",
+            "--output",
+            env.out().to_str().unwrap(),
+        ],
+    );
     assert!(e.contains("the arm64 image fails 1 lint"), "{e}");
-    assert!(e.contains("/usr/bin/wasmtime: ELF 64-bit") && e.contains("x86-64"), "{e}");
-    assert!(integration_tests::list_dir(&env.out()).iter().all(|f| !f.ends_with(".raw")));
+    assert!(
+        e.contains("/usr/bin/wasmtime: ELF 64-bit") && e.contains("x86-64"),
+        "{e}"
+    );
+    assert!(integration_tests::list_dir(&env.out())
+        .iter()
+        .all(|f| !f.ends_with(".raw")));
 
     // A unit whose ExecStart is not shipped.
-    let unit = env.recipes().join("containerd/files/usr/lib/systemd/system/containerd.service");
+    let unit = env
+        .recipes()
+        .join("containerd/files/usr/lib/systemd/system/containerd.service");
     let text = fs::read_to_string(&unit).unwrap();
-    fs::write(&unit, text.replace("ExecStart=/usr/bin/containerd", "ExecStart=/usr/bin/containerd-typo")).unwrap();
-    let e = env.fails("build", &["containerd", "--arch", "x86-64", "--output", env.out().to_str().unwrap()]);
+    fs::write(
+        &unit,
+        text.replace(
+            "ExecStart=/usr/bin/containerd",
+            "ExecStart=/usr/bin/containerd-typo",
+        ),
+    )
+    .unwrap();
+    let e = env.fails(
+        "build",
+        &[
+            "containerd",
+            "--arch",
+            "x86-64",
+            "--output",
+            env.out().to_str().unwrap(),
+        ],
+    );
     assert!(
-        e.contains("/usr/lib/systemd/system/containerd.service: ExecStart= runs /usr/bin/containerd-typo"),
+        e.contains(
+            "/usr/lib/systemd/system/containerd.service: ExecStart= runs /usr/bin/containerd-typo"
+        ),
         "{e}"
     );
 }
@@ -583,11 +797,28 @@ fn hostile_archives_from_upstream_are_refused() {
     h.set_cksum();
     let mut b = tar::Builder::new(Vec::new());
     b.append(&h, &b"evil"[..]).unwrap();
-    env.fx.up.insert(path, recipes_common::xz(&b.into_inner().unwrap()));
-    let e = env.fails("build", &["wasmtime", "--allow-unpinned", "--arch", "x86-64", "--output", env.out().to_str().unwrap()]);
-    assert!(e.contains("wasmtime-v25.0.1-x86_64-linux.tar.xz") && e.contains("'..'"), "{e}");
+    env.fx
+        .up
+        .insert(path, recipes_common::xz(&b.into_inner().unwrap()));
+    let e = env.fails(
+        "build",
+        &[
+            "wasmtime",
+            "--allow-unpinned",
+            "--arch",
+            "x86-64",
+            "--output",
+            env.out().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        e.contains("wasmtime-v25.0.1-x86_64-linux.tar.xz") && e.contains("'..'"),
+        "{e}"
+    );
     assert!(!Path::new("/tmp/evil").exists());
-    assert!(integration_tests::list_dir(&env.out()).iter().all(|f| !f.ends_with(".raw")));
+    assert!(integration_tests::list_dir(&env.out())
+        .iter()
+        .all(|f| !f.ends_with(".raw")));
 }
 
 #[test]
@@ -604,9 +835,56 @@ fn recipe_errors_name_file_line_and_key() {
         + 1;
     let e = env.fails("build", &["k3s-v1.30"]);
     assert!(
-        e.contains(&format!("k3s/recipe.toml:{line}:7: key `source[1].url`: unknown variable {{sufix}}")),
+        e.contains(&format!(
+            "k3s/recipe.toml:{line}:7: key `source[1].url`: unknown variable {{sufix}}"
+        )),
         "{e}"
     );
     let e = env.fails("build", &["nosuch"]);
-    assert!(e.contains("no recipe \"nosuch\"") && e.contains("known: containerd, docker"), "{e}");
+    assert!(
+        e.contains("no recipe \"nosuch\"") && e.contains("known: containerd, docker"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_mirror_file_points_every_upstream_at_the_mirror() {
+    let env = Env::new();
+    let dir = env.tmp.path().join("config/bakery");
+    fs::create_dir_all(&dir).unwrap();
+    let rules: String = env
+        .fx
+        .mirror_rules()
+        .iter()
+        .map(|r| {
+            let (from, to) = r.split_once('=').unwrap();
+            format!("[[mirror]]\nfrom = \"{from}\"\nto = \"{to}\"\n")
+        })
+        .collect();
+    fs::write(dir.join("mirrors.toml"), rules).unwrap();
+    let out = output(
+        Command::new(bakery_bin())
+            .args(["versions", "wasmtime", "--recipes-dir"])
+            .arg(env.recipes())
+            .arg("--cache-dir")
+            .arg(env.cache())
+            .env("XDG_CONFIG_HOME", env.tmp.path().join("config"))
+            .env_remove("GITHUB_TOKEN"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["25.0.1", "25.0.0", "24.0.0"]
+    );
+    assert!(!env
+        .fx
+        .up
+        .requests_for("/api.github.com/repos/bytecodealliance/wasmtime/releases")
+        .is_empty());
 }

@@ -440,7 +440,11 @@ fn versions(args: VersionsArgs) -> anyhow::Result<()> {
         }
         println!("versions:");
     }
-    let shown = if args.limit == 0 { list.len() } else { args.limit };
+    let shown = if args.limit == 0 {
+        list.len()
+    } else {
+        args.limit
+    };
     for v in list.iter().take(shown) {
         println!("{v}");
     }
@@ -558,7 +562,11 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     let targets = args
         .recipes
         .iter()
-        .map(|a| args.net.recipe(a).with_context(|| format!("cannot build {a}")))
+        .map(|a| {
+            args.net
+                .recipe(a)
+                .with_context(|| format!("cannot build {a}"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (fetcher, github) = args.net.fetcher()?;
     let cook = CookOptions {

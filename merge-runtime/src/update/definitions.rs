@@ -21,7 +21,6 @@ use sysupdate::specifier::SpecifierContext;
 use sysupdate::transfer::{SourceType, TargetType};
 use sysupdate::{Arch, MatchPattern, Transfer, Version};
 
-use crate::osrelease::ReleaseFile;
 use crate::root::Root;
 
 /// The directories holding `sysupdate.NAME.d/`, highest priority first.
@@ -190,7 +189,7 @@ pub fn specifier_context(root: &Root) -> SpecifierContext {
     let os = ["etc/os-release", "usr/lib/os-release"]
         .iter()
         .find_map(|p| root.resolve(p).ok())
-        .and_then(|p| ReleaseFile::read(&p).ok());
+        .and_then(|p| crate::osrelease::read(&p).ok());
     if let Some(os) = os {
         for (c, key) in [
             ('o', "ID"),

@@ -191,14 +191,32 @@ mod tests {
     // From merge-runtime's copy.
     #[test]
     fn image_names_accept_ordinary_names() {
-        for ok in ["foo", "foo-1.2.3-x86-64", "a:b,c", ".hidden", "a b", "ü", "x.raw", "a\u{85}b"] {
+        for ok in [
+            "foo",
+            "foo-1.2.3-x86-64",
+            "a:b,c",
+            ".hidden",
+            "a b",
+            "ü",
+            "x.raw",
+            "a\u{85}b",
+        ] {
             assert_eq!(ImageName::new(ok).unwrap().as_str(), ok);
         }
     }
 
     #[test]
     fn image_names_reject_what_systemd_rejects() {
-        for bad in ["", ".", "..", "a/b", ".#tmp", "a\nb", "a\u{7f}b", &"x".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            ".#tmp",
+            "a\nb",
+            "a\u{7f}b",
+            &"x".repeat(256),
+        ] {
             let e = ImageName::new(bad).unwrap_err();
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
@@ -248,7 +266,9 @@ mod tests {
         assert!(serde_json::from_str::<ExtensionName>("\"../x\"").is_err());
         assert!(serde_json::from_str::<ImageName>("\".#x\"").is_err());
         assert_eq!(
-            serde_json::from_str::<ImageName>("\"a b\"").unwrap().as_str(),
+            serde_json::from_str::<ImageName>("\"a b\"")
+                .unwrap()
+                .as_str(),
             "a b"
         );
     }

@@ -185,6 +185,14 @@ impl fmt::Display for OsRelease {
     }
 }
 
+/// `KEY=value` as a file would hold it (the value quoted if needed): for
+/// messages that quote a file.
+pub(crate) fn assignment(key: &str, value: &str) -> String {
+    let mut s = format!("{key}=");
+    quote_into(&mut s, value);
+    s
+}
+
 fn quote_into(s: &mut String, v: &str) {
     let plain = !v.is_empty()
         && v.chars().all(|c| {
@@ -486,7 +494,8 @@ mod tests {
 
     #[test]
     fn escapes_and_continuations() {
-        let f = p("A=\"x\\\"y\\n\"\nB=one\\\ntwo\nC=\"q\" 'r'\nD=\"a\\\nb\"\nE=\\ lead\nF=x\\\r\nG=1");
+        let f =
+            p("A=\"x\\\"y\\n\"\nB=one\\\ntwo\nC=\"q\" 'r'\nD=\"a\\\nb\"\nE=\\ lead\nF=x\\\r\nG=1");
         assert_eq!(f.get("A"), Some("x\"y\\n"));
         assert_eq!(f.get("B"), Some("onetwo"));
         assert_eq!(f.get("C"), Some("qr"));
@@ -529,11 +538,19 @@ mod tests {
         let w: Vec<String> = f.warnings.iter().map(|w| w.to_string()).collect();
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].starts_with("line 2: \"1BAD\" is not a valid"), "{w:?}");
-        assert!(w[1].starts_with("line 3: \"noequals\" is not an assignment"), "{w:?}");
-        assert!(w[2].starts_with("line 4: the value of Q has no closing quote"), "{w:?}");
+        assert!(
+            w[1].starts_with("line 3: \"noequals\" is not an assignment"),
+            "{w:?}"
+        );
+        assert!(
+            w[2].starts_with("line 4: the value of Q has no closing quote"),
+            "{w:?}"
+        );
         // Strict parsing reports the first.
         assert_eq!(
-            OsRelease::parse("ID=x\n1BAD=y\nnoequals\n").unwrap_err().line,
+            OsRelease::parse("ID=x\n1BAD=y\nnoequals\n")
+                .unwrap_err()
+                .line,
             2
         );
     }

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::name::ExtensionName;
-use super::os_release::OsRelease;
+use super::os_release::{assignment as kv, OsRelease};
 use crate::{Arch, Version};
 
 /// The extension-release keys systemd-sysext and this project use.
@@ -33,9 +33,7 @@ pub const DEFAULT_SCOPE: &str = "system portable";
 
 /// Where an extension may be merged (a word of `SYSEXT_SCOPE=`), and where
 /// a host is (`initrd` in an initrd, else `system`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     System,
@@ -286,23 +284,23 @@ pub enum Incompatible {
         scope: Option<String>,
         host: Scope,
     },
-    #[error("the extension is built for ARCHITECTURE={ext} but the host is {host}")]
+    #[error("the extension is built for {} but the host is {host}", kv(keys::ARCHITECTURE, .ext))]
     Architecture { ext: String, host: String },
     #[error("the extension-release has no ID= (use ID=_any to fit every OS)")]
     NoId,
-    #[error("the extension is for OS ID={ext:?} but the host's os-release says ID={host:?}")]
+    #[error("the extension is for OS {} but the host's os-release says {}", kv(keys::ID, .ext), kv(keys::ID, .host))]
     Os { ext: String, host: String },
-    #[error("the extension needs SYSEXT_LEVEL={ext:?} but the host has SYSEXT_LEVEL={host:?}")]
+    #[error("the extension needs {} but the host has {}", kv(keys::SYSEXT_LEVEL, .ext), kv(keys::SYSEXT_LEVEL, .host))]
     SysextLevel { ext: String, host: String },
-    #[error("the extension-release has no VERSION_ID= (nor a SYSEXT_LEVEL= shared with the host), but the host has VERSION_ID={host:?}")]
+    #[error("the extension-release has no VERSION_ID= (nor a SYSEXT_LEVEL= shared with the host), but the host has {}", kv(keys::VERSION_ID, .host))]
     NoVersionId { host: String },
-    #[error("the extension needs VERSION_ID={ext:?} but the host has VERSION_ID={host:?}")]
+    #[error("the extension needs {} but the host has {}", kv(keys::VERSION_ID, .ext), kv(keys::VERSION_ID, .host))]
     VersionId { ext: String, host: String },
 }
 
 fn show_scope(scope: &Option<String>) -> String {
     match scope {
-        Some(s) => format!("the extension's SYSEXT_SCOPE={s:?}"),
+        Some(s) => format!("the extension's {}", kv(keys::SYSEXT_SCOPE, s)),
         None => format!("the extension has no SYSEXT_SCOPE=, so its default {DEFAULT_SCOPE:?}"),
     }
 }
@@ -428,7 +426,12 @@ mod tests {
         let e = ok("ID=otheros\n", &debian).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "the extension is for OS ID=\"otheros\" but the host's os-release says ID=\"debian\""
+            "the extension is for OS ID=otheros but the host's os-release says ID=debian"
+        );
+        let e = ok("ID=\"my os\"\n", &debian).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the extension is for OS ID=\"my os\" but the host's os-release says ID=debian"
         );
         assert!(ok("ID=debian\nVERSION_ID=12\n", &debian).is_ok());
         assert!(matches!(
@@ -552,7 +555,9 @@ mod tests {
         }
         assert!(wants_manager_reload(&rf("EXTENSION_RELOAD_MANAGER=yes\n")));
         assert!(!wants_manager_reload(&rf("EXTENSION_RELOAD_MANAGER=0\n")));
-        assert!(!wants_manager_reload(&rf("EXTENSION_RELOAD_MANAGER=maybe\n")));
+        assert!(!wants_manager_reload(&rf(
+            "EXTENSION_RELOAD_MANAGER=maybe\n"
+        )));
         assert!(!wants_manager_reload(&rf("ID=_any\n")));
     }
 

@@ -142,7 +142,13 @@ pub fn xz(data: &[u8]) -> Vec<u8> {
 
 /// A Debian package made by the real `dpkg-deb` from `files` (path,
 /// bytes, mode) and `links` (path, target).
-pub fn deb(package: &str, version: &str, arch: &str, files: &[(&str, Vec<u8>, u32)], links: &[(&str, &str)]) -> Vec<u8> {
+pub fn deb(
+    package: &str,
+    version: &str,
+    arch: &str,
+    files: &[(&str, Vec<u8>, u32)],
+    links: &[(&str, &str)],
+) -> Vec<u8> {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
     fs::create_dir_all(root.join("DEBIAN")).unwrap();
@@ -282,7 +288,11 @@ impl Fixture {
         for (arch, a, _) in ARCHES {
             let mut entries = vec![dir("./")];
             for p in ["bridge", "host-local", "loopback", "portmap"] {
-                entries.push(file(&format!("./{p}"), elf(arch, &format!("cni/{p}/{a}"), pad / 4), 0o755));
+                entries.push(file(
+                    &format!("./{p}"),
+                    elf(arch, &format!("cni/{p}/{a}"), pad / 4),
+                    0o755,
+                ));
             }
             entries.push(file("./LICENSE", b"Apache-2.0\n".to_vec(), 0o644));
             let name = format!("cni-plugins-linux-{a}-v1.5.1.tgz");
@@ -356,15 +366,39 @@ impl Fixture {
             let entries = vec![
                 dir("bin/"),
                 file("bin/rke2", elf(arch, &format!("rke2/{v}/{a}"), pad), 0o755),
-                file("bin/rke2-killall.sh", b"#!/bin/sh\necho killall\n".to_vec(), 0o755),
-                file("bin/rke2-uninstall.sh", b"#!/bin/sh\nrm -rf /\n".to_vec(), 0o755),
+                file(
+                    "bin/rke2-killall.sh",
+                    b"#!/bin/sh\necho killall\n".to_vec(),
+                    0o755,
+                ),
+                file(
+                    "bin/rke2-uninstall.sh",
+                    b"#!/bin/sh\nrm -rf /\n".to_vec(),
+                    0o755,
+                ),
                 dir("lib/"),
                 dir("lib/systemd/"),
                 dir("lib/systemd/system/"),
-                file("lib/systemd/system/rke2-server.service", unit("server"), 0o644),
-                file("lib/systemd/system/rke2-server.env", b"HOME=/root\n".to_vec(), 0o644),
-                file("lib/systemd/system/rke2-agent.service", unit("agent"), 0o644),
-                file("lib/systemd/system/rke2-agent.env", b"HOME=/root\n".to_vec(), 0o644),
+                file(
+                    "lib/systemd/system/rke2-server.service",
+                    unit("server"),
+                    0o644,
+                ),
+                file(
+                    "lib/systemd/system/rke2-server.env",
+                    b"HOME=/root\n".to_vec(),
+                    0o644,
+                ),
+                file(
+                    "lib/systemd/system/rke2-agent.service",
+                    unit("agent"),
+                    0o644,
+                ),
+                file(
+                    "lib/systemd/system/rke2-agent.env",
+                    b"HOME=/root\n".to_vec(),
+                    0o644,
+                ),
                 dir("share/"),
                 dir("share/rke2/"),
                 file("share/rke2/LICENSE.txt", b"Apache-2.0\n".to_vec(), 0o644),
@@ -402,7 +436,11 @@ impl Fixture {
         for (arch, a, _) in ARCHES {
             let mut entries = vec![dir("bin/")];
             for b in ["containerd", "containerd-shim-runc-v2", "ctr"] {
-                entries.push(file(&format!("bin/{b}"), elf(arch, &format!("containerd/{b}/{a}"), pad), 0o755));
+                entries.push(file(
+                    &format!("bin/{b}"),
+                    elf(arch, &format!("containerd/{b}/{a}"), pad),
+                    0o755,
+                ));
             }
             let name = format!("containerd-static-1.7.20-linux-{a}.tar.gz");
             let t = gz(&tar(&entries));
@@ -425,20 +463,43 @@ impl Fixture {
 
     fn docker(&mut self, pad: usize) {
         for (arch, _, u) in ARCHES {
-            let mut names = vec!["docker-26.1.4.tgz", "docker-27.1.1.tgz", "docker-rootless-extras-27.1.1.tgz", "docker-rootless-extras-28.0.0.tgz"];
+            let mut names = vec![
+                "docker-26.1.4.tgz",
+                "docker-27.1.1.tgz",
+                "docker-rootless-extras-27.1.1.tgz",
+                "docker-rootless-extras-28.0.0.tgz",
+            ];
             if arch == Arch::Arm64 {
                 // Only one architecture has it: not a usable version.
                 names.push("docker-27.1.2.tgz");
             }
             let mut html = format!("<html><head><title>Index of linux/static/stable/{u}/</title></head>\n<body><h1>Index of linux/static/stable/{u}/</h1><hr><pre><a href=\"../\">../</a>\n");
             for n in names {
-                html.push_str(&format!("<a href=\"{n}\">{n}</a>   2024-07-23 17:20  65M\n"));
+                html.push_str(&format!(
+                    "<a href=\"{n}\">{n}</a>   2024-07-23 17:20  65M\n"
+                ));
             }
             html.push_str("</pre><hr></body></html>\n");
-            self.put(&format!("/download.docker.com/linux/static/stable/{u}/"), html.into_bytes());
+            self.put(
+                &format!("/download.docker.com/linux/static/stable/{u}/"),
+                html.into_bytes(),
+            );
             let mut entries = vec![dir("docker/")];
-            for b in ["docker", "dockerd", "containerd", "containerd-shim-runc-v2", "ctr", "docker-init", "docker-proxy", "runc"] {
-                entries.push(file(&format!("docker/{b}"), elf(arch, &format!("docker/{b}/{u}"), pad / 2), 0o755));
+            for b in [
+                "docker",
+                "dockerd",
+                "containerd",
+                "containerd-shim-runc-v2",
+                "ctr",
+                "docker-init",
+                "docker-proxy",
+                "runc",
+            ] {
+                entries.push(file(
+                    &format!("docker/{b}"),
+                    elf(arch, &format!("docker/{b}/{u}"), pad / 2),
+                    0o755,
+                ));
             }
             self.put(
                 &format!("/download.docker.com/linux/static/stable/{u}/docker-27.1.1.tgz"),
@@ -469,7 +530,11 @@ impl Fixture {
                         "libnvidia-container1",
                         &format!("{v}-1"),
                         a,
-                        &[(lib.as_str(), elf(arch, &format!("nvidia/lib/{a}"), pad / 4), 0o644)],
+                        &[(
+                            lib.as_str(),
+                            elf(arch, &format!("nvidia/lib/{a}"), pad / 4),
+                            0o644,
+                        )],
                         &[(link.as_str(), &format!("libnvidia-container.so.{v}"))],
                     ),
                 ),
@@ -479,7 +544,11 @@ impl Fixture {
                         "libnvidia-container-tools",
                         &format!("{v}-1"),
                         a,
-                        &[("usr/bin/nvidia-container-cli", elf(arch, &format!("nvidia/cli/{a}"), pad / 4), 0o755)],
+                        &[(
+                            "usr/bin/nvidia-container-cli",
+                            elf(arch, &format!("nvidia/cli/{a}"), pad / 4),
+                            0o755,
+                        )],
                         &[],
                     ),
                 ),
@@ -490,9 +559,21 @@ impl Fixture {
                         &format!("{v}-1"),
                         a,
                         &[
-                            ("usr/bin/nvidia-ctk", elf(arch, &format!("nvidia/ctk/{a}"), pad / 4), 0o755),
-                            ("usr/bin/nvidia-container-runtime", elf(arch, &format!("nvidia/runtime/{a}"), pad / 4), 0o755),
-                            ("etc/nvidia-container-runtime/config.toml", b"# packaged\n".to_vec(), 0o644),
+                            (
+                                "usr/bin/nvidia-ctk",
+                                elf(arch, &format!("nvidia/ctk/{a}"), pad / 4),
+                                0o755,
+                            ),
+                            (
+                                "usr/bin/nvidia-container-runtime",
+                                elf(arch, &format!("nvidia/runtime/{a}"), pad / 4),
+                                0o755,
+                            ),
+                            (
+                                "etc/nvidia-container-runtime/config.toml",
+                                b"# packaged\n".to_vec(),
+                                0o644,
+                            ),
                         ],
                         &[],
                     ),
@@ -503,7 +584,11 @@ impl Fixture {
                         "nvidia-container-toolkit",
                         &format!("{v}-1"),
                         a,
-                        &[("usr/bin/nvidia-container-runtime-hook", elf(arch, &format!("nvidia/hook/{a}"), pad / 4), 0o755)],
+                        &[(
+                            "usr/bin/nvidia-container-runtime-hook",
+                            elf(arch, &format!("nvidia/hook/{a}"), pad / 4),
+                            0o755,
+                        )],
                         &[],
                     ),
                 ),
@@ -550,12 +635,18 @@ impl Fixture {
             let top = format!("wasmtime-v25.0.1-{u}-linux");
             let entries = vec![
                 dir(&format!("{top}/")),
-                file(&format!("{top}/wasmtime"), elf(arch, &format!("wasmtime/{u}"), pad), 0o755),
+                file(
+                    &format!("{top}/wasmtime"),
+                    elf(arch, &format!("wasmtime/{u}"), pad),
+                    0o755,
+                ),
                 file(&format!("{top}/LICENSE"), b"Apache-2.0\n".to_vec(), 0o644),
                 file(&format!("{top}/README.md"), b"# wasmtime\n".to_vec(), 0o644),
             ];
             self.put(
-                &format!("/github.com/bytecodealliance/wasmtime/releases/download/v25.0.1/{top}.tar.xz"),
+                &format!(
+                    "/github.com/bytecodealliance/wasmtime/releases/download/v25.0.1/{top}.tar.xz"
+                ),
                 xz(&tar(&entries)),
             );
         }
@@ -577,18 +668,42 @@ impl Fixture {
                 dir(&format!("{top}/")),
                 dir(&format!("{top}/usr/")),
                 dir(&format!("{top}/usr/bin/")),
-                file(&format!("{top}/usr/bin/falco"), elf(arch, &format!("falco/{u}"), pad), 0o755),
-                file(&format!("{top}/usr/bin/falcoctl"), elf(arch, &format!("falcoctl/{u}"), pad / 2), 0o755),
+                file(
+                    &format!("{top}/usr/bin/falco"),
+                    elf(arch, &format!("falco/{u}"), pad),
+                    0o755,
+                ),
+                file(
+                    &format!("{top}/usr/bin/falcoctl"),
+                    elf(arch, &format!("falcoctl/{u}"), pad / 2),
+                    0o755,
+                ),
                 dir(&format!("{top}/usr/share/")),
                 dir(&format!("{top}/usr/share/falco/")),
                 dir(&format!("{top}/usr/share/falco/plugins/")),
-                file(&format!("{top}/usr/share/falco/plugins/libcontainer.so"), elf(arch, &format!("falco/plugin/{u}"), pad / 4), 0o755),
+                file(
+                    &format!("{top}/usr/share/falco/plugins/libcontainer.so"),
+                    elf(arch, &format!("falco/plugin/{u}"), pad / 4),
+                    0o755,
+                ),
                 dir(&format!("{top}/etc/")),
                 dir(&format!("{top}/etc/falco/")),
-                file(&format!("{top}/etc/falco/falco.yaml"), b"engine:\n  kind: modern_ebpf\n".to_vec(), 0o644),
-                file(&format!("{top}/etc/falco/falco_rules.yaml"), b"- rule: fixture\n".to_vec(), 0o644),
+                file(
+                    &format!("{top}/etc/falco/falco.yaml"),
+                    b"engine:\n  kind: modern_ebpf\n".to_vec(),
+                    0o644,
+                ),
+                file(
+                    &format!("{top}/etc/falco/falco_rules.yaml"),
+                    b"- rule: fixture\n".to_vec(),
+                    0o644,
+                ),
                 dir(&format!("{top}/etc/falcoctl/")),
-                file(&format!("{top}/etc/falcoctl/falcoctl.yaml"), b"artifact: {}\n".to_vec(), 0o644),
+                file(
+                    &format!("{top}/etc/falcoctl/falcoctl.yaml"),
+                    b"artifact: {}\n".to_vec(),
+                    0o644,
+                ),
             ];
             self.put(
                 &format!("/download.falco.org/packages/bin/{u}/falco-0.38.2-{u}.tar.gz"),
