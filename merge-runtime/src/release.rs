@@ -272,5 +272,15 @@ mod tests {
         let found = find_extension_release(t.path(), &name).unwrap().unwrap();
         assert!(!found.via_xattr);
         assert_eq!(found.file.get("ID"), Some("debian"));
+        assert_eq!(
+            found.path,
+            t.path().join(RELEASE_DIR).join("extension-release.foo")
+        );
+        // A file systemd refuses (here: a NUL byte) is no release at all.
+        std::fs::write(d.join("extension-release.foo"), "ID=debian\0\n").unwrap();
+        let detail = find_extension_release(t.path(), &name)
+            .unwrap()
+            .unwrap_err();
+        assert!(detail.contains("NUL byte"), "{detail}");
     }
 }

@@ -1090,10 +1090,32 @@ fn finish_activation(
             continue;
         };
         let ext = link.extension_name();
-        if let Some(img) = report.images.iter().find(|i| i.name == ext) {
-            if let MergeOutcome::Refused { stage, reason } = &img.outcome {
-                let reason = format!("the merge refused the new image ({stage:?}): {reason}");
-                return roll_back(ctx, name, targets, act, reason);
+        match report.images.iter().find(|i| i.name == ext) {
+            Some(img) => {
+                if let MergeOutcome::Refused { stage, reason } = &img.outcome {
+                    let reason = format!("the merge refused the new image ({stage:?}): {reason}");
+                    return roll_back(ctx, name, targets, act, reason);
+                }
+            }
+            None => {
+                // A link in a search directory must have been merged
+                // (unless the admin masked the name).
+                let searched = Path::new(&link.path).parent().is_some_and(|d| {
+                    crate::discover::SEARCH_DIRS
+                        .iter()
+                        .any(|s| Path::new(s) == d)
+                });
+                let masked = report.masked.iter().any(|m| m.name.to_string() == ext);
+                if searched && !masked {
+                    let why = report
+                        .skipped
+                        .iter()
+                        .find(|s| s.path.file_name() == link.host.file_name())
+                        .map(|s| s.reason.clone())
+                        .unwrap_or_else(|| "it is not among the merged images".into());
+                    let reason = format!("the refresh did not merge {}: {why}", link.path);
+                    return roll_back(ctx, name, targets, act, reason);
+                }
             }
         }
     }
