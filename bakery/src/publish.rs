@@ -5,7 +5,8 @@
 //! This module owns the step from files on disk to [`ImageToPublish`]:
 //! - finding the images among the arguments (image files or build output
 //!   directories) and their sidecar files, and splitting
-//!   `NAME-VERSION-ARCH.raw` into its parts ([`split_image_name`]);
+//!   `NAME-VERSION-ARCH.raw` into its parts
+//!   ([`releases::layout::split_image_file_name`]);
 //! - checking each image before anything is published
 //!   ([`check_image`]): the digest in the build's `SHA256SUMS` (when the
 //!   image has one beside it), the dm-verity tree, and the root-hash
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 use releases::github::{
     publish_github, Client, GithubConfig, GithubReport, GithubTarget, RepoSlug,
 };
+use releases::layout::split_image_file_name;
 use releases::{
     publish_dir, BestBefore, ExtensionName, FeedEvent, FeedUrl, ImageToPublish, OpenPgpSigner,
     PublishOptions, PublishReport, Retention,
@@ -135,59 +137,6 @@ pub struct FoundImage {
     pub arch: Arch,
 }
 
-/// Splits `NAME-VERSION-ARCH.raw`. With `name`, the file must start with
-/// `NAME-`; without, the version starts at the first `-` that is followed
-/// by a digit (or by `v` and a digit, as in `kubernetes-v1.30.4`).
-pub fn split_image_name(
-    file: &str,
-    name: Option<&ExtensionName>,
-) -> Result<(ExtensionName, Version, Arch), String> {
-    let stem = file
-        .strip_suffix(".raw")
-        .ok_or_else(|| "not an image: the name does not end in .raw".to_string())?;
-    // The longest architecture suffix wins (`x86-64` over `64`-ish ones).
-    let (rest, arch) = Arch::ALL
-        .iter()
-        .filter_map(|a| {
-            stem.strip_suffix(a.as_str())
-                .and_then(|r| r.strip_suffix('-'))
-                .map(|r| (r, *a))
-        })
-        .max_by_key(|(_, a)| a.as_str().len())
-        .ok_or_else(|| {
-            "the name does not end in -ARCH.raw with a systemd architecture (x86-64, arm64, …)"
-                .to_string()
-        })?;
-    let (n, v) = match name {
-        Some(n) => {
-            let v = rest
-                .strip_prefix(n.as_str())
-                .and_then(|r| r.strip_prefix('-'))
-                .ok_or_else(|| format!("the name does not start with {n}-"))?;
-            (n.as_str(), v)
-        }
-        None => {
-            let b = rest.as_bytes();
-            let at = (0..b.len())
-                .find(|&i| {
-                    i > 0
-                        && b[i] == b'-'
-                        && (b.get(i + 1).is_some_and(u8::is_ascii_digit)
-                            || (b.get(i + 1) == Some(&b'v')
-                                && b.get(i + 2).is_some_and(u8::is_ascii_digit)))
-                })
-                .ok_or_else(|| {
-                    "cannot tell the extension name from the version in the file name; pass --name NAME"
-                        .to_string()
-                })?;
-            (&rest[..at], &rest[at + 1..])
-        }
-    };
-    let name = ExtensionName::new(n).map_err(|e| e.to_string())?;
-    let version = Version::new(v).map_err(|e| format!("{e}"))?;
-    Ok((name, version, arch))
-}
-
 /// The images named by `inputs`: `.raw` files, and every `*.raw` file in
 /// a directory (hidden files skipped). Symlinks and other non-regular
 /// files are refused.
@@ -232,7 +181,8 @@ pub fn find_images(
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let (n, version, arch) = split_image_name(&file_name, name).map_err(|r| bad(&f, r))?;
+            let (n, version, arch) =
+                split_image_file_name(&file_name, name).map_err(|r| bad(&f, r.to_string()))?;
             if found.iter().any(|i| i.path == f) {
                 continue;
             }
@@ -612,42 +562,6 @@ pub fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn n(s: &str) -> ExtensionName {
-        ExtensionName::new(s).unwrap()
-    }
-
-    #[test]
-    fn image_names_split() {
-        let (name, v, a) = split_image_name("hello-1.0.0-x86-64.raw", None).unwrap();
-        assert_eq!(
-            (name.as_str(), v.as_str(), a),
-            ("hello", "1.0.0", Arch::X86_64)
-        );
-        let (name, v, a) = split_image_name("kubernetes-v1.30.4-arm64.raw", None).unwrap();
-        assert_eq!(
-            (name.as_str(), v.as_str(), a),
-            ("kubernetes", "v1.30.4", Arch::Arm64)
-        );
-        let (name, v, _) = split_image_name("docker-compose-2.29.1-x86-64.raw", None).unwrap();
-        assert_eq!((name.as_str(), v.as_str()), ("docker-compose", "2.29.1"));
-        let (name, v, _) = split_image_name("k3s-v1.30.4+k3s1-x86-64.raw", None).unwrap();
-        assert_eq!((name.as_str(), v.as_str()), ("k3s", "v1.30.4+k3s1"));
-        // An explicit name settles names with digits after a dash.
-        let (name, v, _) =
-            split_image_name("tool-2fa-1.0-x86-64.raw", Some(&n("tool-2fa"))).unwrap();
-        assert_eq!((name.as_str(), v.as_str()), ("tool-2fa", "1.0"));
-        assert!(split_image_name("hello-1.0.0-x86-64.img", None).is_err());
-        assert!(split_image_name("hello-1.0.0-sparc.raw", None)
-            .unwrap_err()
-            .contains("architecture"));
-        assert!(split_image_name("hello-x86-64.raw", None)
-            .unwrap_err()
-            .contains("--name"));
-        assert!(split_image_name("other-1-x86-64.raw", Some(&n("hello")))
-            .unwrap_err()
-            .contains("hello-"));
-    }
 
     #[test]
     fn bare_and_unsigned_images_are_refused_by_default() {

@@ -282,13 +282,15 @@ fn merge_into(
                 into.entries.insert(name.clone(), n.clone());
             }
             (Some(Node::Dir(a)), Node::Dir(b)) => merge_into(a, b, &child_rel, recipe, arch)?,
-            (Some(_), _) => return Err(StageError::Lint {
-                path: recipe.files_dir().join(&child_rel),
-                problem: format!(
+            (Some(_), _) => {
+                return Err(StageError::Lint {
+                    path: recipe.files_dir().join(&child_rel),
+                    problem: format!(
                     "both the recipe (files/, [[symlink]] or a generated file) and a downloaded \
                          input for {arch} place /{child_rel}; remove one of them"
                 ),
-            }),
+                })
+            }
         }
     }
     Ok(())

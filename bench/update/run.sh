@@ -16,6 +16,13 @@ for tool in mksquashfs sha256sum openssl unshare; do
   command -v "$tool" >/dev/null || { echo "error: $tool is not installed (squashfs-tools, coreutils, openssl, util-linux)" >&2; exit 1; }
 done
 
-UPDATE_BENCH_MIB=$size_mib UPDATE_BENCH_RUNS=$runs \
-  cargo test --release --quiet -p integration-tests --test update_bench -- \
-  --ignored --nocapture --test-threads=1 2>&1 | grep -E '^(bench|result):' | sort -u
+log=$(mktemp "${TMPDIR:-/tmp}/update-bench.XXXXXX")
+trap 'rm -f "$log"' EXIT
+if ! UPDATE_BENCH_MIB=$size_mib UPDATE_BENCH_RUNS=$runs \
+  cargo test --release -p integration-tests --test update_bench -- \
+  --ignored --nocapture --test-threads=1 >"$log" 2>&1; then
+  tail -n 60 "$log" >&2
+  echo "error: the benchmark failed (output above)" >&2
+  exit 1
+fi
+grep -E '^(bench|result):' "$log" | sort -u

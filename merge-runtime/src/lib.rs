@@ -18,8 +18,8 @@
 //! - [`loopdev`], [`ns`], [`mounts`], [`root`]: the kernel plumbing.
 
 pub mod ddi;
-pub mod dmverity;
 pub mod discover;
+pub mod dmverity;
 pub mod loopdev;
 pub mod mounts;
 pub mod name;

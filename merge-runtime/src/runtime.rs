@@ -791,22 +791,27 @@ fn unmount_all_ours(target: &Path) -> Result<bool, Error> {
     Ok(any)
 }
 
+/// Moves the built tree onto `target`, on top of whatever is mounted there.
+fn mount_on_top(built: &Built, target: &Path) -> Result<(), Error> {
+    move_mount(
+        &built.tree,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(errno_ctx(format!(
+        "mounting the merged tree on {}",
+        target.display()
+    )))
+}
+
 fn attach(built: &Built, target: &Path) -> Result<Swap, Error> {
     let was_merged =
         is_merged_tree(target).map_err(io_ctx(format!("checking {}", target.display())))?;
     if !was_merged {
         root::mkdir_p(target, 0o755).map_err(io_ctx(format!("creating {}", target.display())))?;
-        move_mount(
-            &built.tree,
-            "",
-            rustix::fs::CWD,
-            target,
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .map_err(errno_ctx(format!(
-            "mounting the merged tree on {}",
-            target.display()
-        )))?;
+        mount_on_top(built, target)?;
         return Ok(Swap::Mounted);
     }
     match move_mount(
@@ -824,17 +829,7 @@ fn attach(built: &Built, target: &Path) -> Result<Swap, Error> {
             Ok(Swap::Beneath)
         }
         Err(rustix::io::Errno::INVAL) if !kernel_has_move_mount_beneath() => {
-            move_mount(
-                &built.tree,
-                "",
-                rustix::fs::CWD,
-                target,
-                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-            )
-            .map_err(errno_ctx(format!(
-                "mounting the merged tree on {}",
-                target.display()
-            )))?;
+            mount_on_top(built, target)?;
             Ok(Swap::Stacked)
         }
         Err(e) => Err(errno_ctx(format!(

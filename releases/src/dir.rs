@@ -377,8 +377,9 @@ fn validate_new(img: &ImageToPublish, policy: StreamPolicy) -> Result<(), Publis
     Ok(())
 }
 
-/// Subdirectories of `feed` that are extension feeds (hold a manifest).
-fn existing_extensions(feed: &Path) -> Result<Vec<ExtensionName>, PublishError> {
+/// Subdirectories of `feed` that are extension feeds (hold a manifest),
+/// sorted. Symlinks to directories are not followed.
+pub(crate) fn existing_extensions(feed: &Path) -> Result<Vec<ExtensionName>, IoError> {
     let mut out = Vec::new();
     for ent in fs::read_dir(feed).map_err(io_err("listing", feed))? {
         let ent = ent.map_err(io_err("listing", feed))?;
@@ -390,7 +391,7 @@ fn existing_extensions(feed: &Path) -> Result<Vec<ExtensionName>, PublishError> 
             continue;
         };
         let ft = ent.file_type().map_err(io_err("inspecting", &ent.path()))?;
-        if ft.is_dir() && ent.path().join(MANIFEST_FILE).exists() {
+        if ft.is_dir() && ent.path().join(MANIFEST_FILE).is_file() {
             out.push(name);
         }
     }

@@ -38,11 +38,44 @@ pub fn sidecar_file_name(
     format!("{name}-{version}-{arch}{suffix}")
 }
 
-/// Splits `NAME-VERSION-ARCH.raw` back into version and architecture.
-/// The longest architecture suffix wins, the same as a node of that
-/// architecture would match `NAME-@v-%a.raw`.
+/// Why a file name is not `NAME-VERSION-ARCH.raw`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadImageFileName {
+    #[error("not an image: the name does not end in .raw")]
+    NotRaw,
+    #[error("the name does not end in -ARCH.raw with a systemd architecture (x86-64, arm64, …)")]
+    NoArch,
+    #[error("the name does not start with {0}-")]
+    WrongName(ExtensionName),
+    #[error("cannot tell the extension name from the version in the file name; pass --name NAME")]
+    Ambiguous,
+    #[error("{0}")]
+    BadName(String),
+    #[error("{0}")]
+    BadVersion(String),
+}
+
+/// Splits `NAME-VERSION-ARCH.raw` into its parts. The longest
+/// architecture suffix wins, the same as a node of that architecture would
+/// match `NAME-@v-%a.raw`. With `name`, the file must start with `NAME-`;
+/// without, the version starts at the first `-` that is followed by a
+/// digit (or by `v` and a digit, as in `kubernetes-v1.30.4`).
+pub fn split_image_file_name(
+    file: &str,
+    name: Option<&ExtensionName>,
+) -> Result<(ExtensionName, Version, Arch), BadImageFileName> {
+    split_stem(
+        file.strip_suffix(".raw").ok_or(BadImageFileName::NotRaw)?,
+        name,
+    )
+}
+
+/// Splits `NAME-VERSION-ARCH.raw` of extension `name` back into version
+/// and architecture; `None` if the file is not such an image.
 pub fn parse_image_file_name(name: &ExtensionName, file: &str) -> Option<(Version, Arch)> {
-    parse_stem(name, file.strip_suffix(".raw")?)
+    split_image_file_name(file, Some(name))
+        .ok()
+        .map(|(_, v, a)| (v, a))
 }
 
 /// Splits `NAME-VERSION-ARCH{suffix}` for a sidecar suffix.
@@ -55,31 +88,55 @@ pub fn parse_sidecar_file_name(
     suffixes.sort_by_key(|s| std::cmp::Reverse(s.len()));
     for suffix in suffixes {
         if let Some(stem) = file.strip_suffix(suffix) {
-            return parse_stem(name, stem).map(|(v, a)| (v, a, suffix));
+            return split_stem(stem, Some(name))
+                .ok()
+                .map(|(_, v, a)| (v, a, suffix));
         }
     }
     None
 }
 
-fn parse_stem(name: &ExtensionName, stem: &str) -> Option<(Version, Arch)> {
-    let rest = stem.strip_prefix(name.as_str())?.strip_prefix('-')?;
-    let mut best: Option<(Version, Arch)> = None;
-    for arch in Arch::ALL {
-        let Some(v) = rest
-            .strip_suffix(arch.as_str())
-            .and_then(|r| r.strip_suffix('-'))
-        else {
-            continue;
-        };
-        let Ok(v) = Version::new(v) else { continue };
-        if best
-            .as_ref()
-            .is_none_or(|(_, a)| arch.as_str().len() > a.as_str().len())
-        {
-            best = Some((v, arch));
+/// Splits `NAME-VERSION-ARCH` (see [`split_image_file_name`]).
+fn split_stem(
+    stem: &str,
+    name: Option<&ExtensionName>,
+) -> Result<(ExtensionName, Version, Arch), BadImageFileName> {
+    // The longest architecture suffix wins (`x86-64` over `64`-ish ones).
+    let (rest, arch) = Arch::ALL
+        .iter()
+        .filter_map(|a| {
+            stem.strip_suffix(a.as_str())
+                .and_then(|r| r.strip_suffix('-'))
+                .map(|r| (r, *a))
+        })
+        .max_by_key(|(_, a)| a.as_str().len())
+        .ok_or(BadImageFileName::NoArch)?;
+    let (n, v) = match name {
+        Some(n) => {
+            let v = rest
+                .strip_prefix(n.as_str())
+                .and_then(|r| r.strip_prefix('-'))
+                .ok_or_else(|| BadImageFileName::WrongName(n.clone()))?;
+            (n.clone(), v)
         }
-    }
-    best
+        None => {
+            let b = rest.as_bytes();
+            let at = (0..b.len())
+                .find(|&i| {
+                    i > 0
+                        && b[i] == b'-'
+                        && (b.get(i + 1).is_some_and(u8::is_ascii_digit)
+                            || (b.get(i + 1) == Some(&b'v')
+                                && b.get(i + 2).is_some_and(u8::is_ascii_digit)))
+                })
+                .ok_or(BadImageFileName::Ambiguous)?;
+            let n = ExtensionName::new(&rest[..at])
+                .map_err(|e| BadImageFileName::BadName(e.to_string()))?;
+            (n, &rest[at + 1..])
+        }
+    };
+    let version = Version::new(v).map_err(|e| BadImageFileName::BadVersion(e.to_string()))?;
+    Ok((n, version, arch))
 }
 
 /// How an extension's versions are grouped into streams a node can follow.
@@ -309,6 +366,41 @@ mod tests {
             parse_sidecar_file_name(&n("k"), "k-1-x86-64.roothash.p7s"),
             Some((v("1"), Arch::X86_64, ".roothash.p7s"))
         );
+    }
+
+    #[test]
+    fn image_names_split() {
+        let split = split_image_file_name;
+        let (name, v, a) = split("hello-1.0.0-x86-64.raw", None).unwrap();
+        assert_eq!(
+            (name.as_str(), v.as_str(), a),
+            ("hello", "1.0.0", Arch::X86_64)
+        );
+        let (name, v, a) = split("kubernetes-v1.30.4-arm64.raw", None).unwrap();
+        assert_eq!(
+            (name.as_str(), v.as_str(), a),
+            ("kubernetes", "v1.30.4", Arch::Arm64)
+        );
+        let (name, v, _) = split("docker-compose-2.29.1-x86-64.raw", None).unwrap();
+        assert_eq!((name.as_str(), v.as_str()), ("docker-compose", "2.29.1"));
+        let (name, v, _) = split("k3s-v1.30.4+k3s1-x86-64.raw", None).unwrap();
+        assert_eq!((name.as_str(), v.as_str()), ("k3s", "v1.30.4+k3s1"));
+        // An explicit name settles names with digits after a dash.
+        let (name, v, _) = split("tool-2fa-1.0-x86-64.raw", Some(&n("tool-2fa"))).unwrap();
+        assert_eq!((name.as_str(), v.as_str()), ("tool-2fa", "1.0"));
+        assert!(split("hello-1.0.0-x86-64.img", None).is_err());
+        assert!(split("hello-1.0.0-sparc.raw", None)
+            .unwrap_err()
+            .to_string()
+            .contains("architecture"));
+        assert!(split("hello-x86-64.raw", None)
+            .unwrap_err()
+            .to_string()
+            .contains("--name"));
+        assert!(split("other-1-x86-64.raw", Some(&n("hello")))
+            .unwrap_err()
+            .to_string()
+            .contains("hello-"));
     }
 
     #[test]

@@ -209,5 +209,6 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
 }
 
 pub mod github;
+pub mod sfdisk;
 pub mod upstream;
 pub mod vm;

@@ -100,53 +100,6 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-/// One partition line of `sfdisk --dump`.
-#[derive(Debug, Clone)]
-struct Part {
-    start: u64,
-    size: u64,
-    type_guid: String,
-    uuid: String,
-    name: String,
-    attrs: String,
-}
-
-impl Part {
-    fn offset(&self) -> u64 {
-        self.start * 512
-    }
-    fn len(&self) -> u64 {
-        self.size * 512
-    }
-}
-
-fn sfdisk_dump(image: &Path) -> (String, Vec<Part>) {
-    require_tool("sfdisk", "fdisk");
-    let out = run_ok(Command::new("sfdisk").arg("--dump").arg(image));
-    let parts = out
-        .lines()
-        .filter_map(|l| l.split_once(" : "))
-        .map(|(_, fields)| {
-            let get = |key: &str| {
-                fields
-                    .split(", ")
-                    .find_map(|f| f.trim().strip_prefix(&format!("{key}=")))
-                    .map(|v| v.trim().trim_matches('"').to_string())
-                    .unwrap_or_default()
-            };
-            Part {
-                start: get("start").parse().unwrap(),
-                size: get("size").parse().unwrap(),
-                type_guid: get("type"),
-                uuid: get("uuid"),
-                name: get("name"),
-                attrs: get("attrs"),
-            }
-        })
-        .collect();
-    (out, parts)
-}
-
 fn dissect_json(image: &Path) -> serde_json::Value {
     require_tool("systemd-dissect", "systemd-container");
     let out = run_ok(
@@ -418,7 +371,7 @@ fn signed_ddi_from_bakery_build_passes_sfdisk_dissect_veritysetup_mount_and_open
     for (arch, types) in [("x86-64", X86_64_TYPES), ("arm64", ARM64_TYPES)] {
         let image = out.join(format!("hello-1.0.0-{arch}.raw"));
         // sfdisk: three partitions with the DPS types, labels, read-only.
-        let (dump, parts) = sfdisk_dump(&image);
+        let (dump, parts) = integration_tests::sfdisk::dump(&image);
         assert!(dump.contains("label: gpt"), "{dump}");
         assert_eq!(parts.len(), 3, "{dump}");
         let labels = [
@@ -679,7 +632,7 @@ fn unsigned_ddi_and_the_unsigned_notes() {
         stdout.contains("unsigned: the DDIs carry a dm-verity tree but no signature"),
         "{stdout}"
     );
-    let (dump, parts) = sfdisk_dump(&ddi.join("hello-1.0.0-x86-64.raw"));
+    let (dump, parts) = integration_tests::sfdisk::dump(&ddi.join("hello-1.0.0-x86-64.raw"));
     assert_eq!(parts.len(), 2, "{dump}");
     assert_eq!(parts[0].type_guid, X86_64_TYPES[0]);
     assert_eq!(parts[1].type_guid, X86_64_TYPES[1]);

@@ -50,44 +50,6 @@ fn trusted(cert: &Path) -> TrustedCerts {
     t
 }
 
-/// One partition line of `sfdisk --dump`.
-#[derive(Debug)]
-struct SfdiskPart {
-    start: u64,
-    size: u64,
-    type_guid: String,
-    uuid: String,
-    name: String,
-    attrs: String,
-}
-
-fn sfdisk_dump(image: &Path) -> (String, Vec<SfdiskPart>) {
-    require_tool("sfdisk", "fdisk");
-    let out = run_ok(Command::new("sfdisk").arg("--dump").arg(image));
-    let parts = out
-        .lines()
-        .filter_map(|l| l.split_once(" : "))
-        .map(|(_, fields)| {
-            let get = |key: &str| {
-                fields
-                    .split(", ")
-                    .find_map(|f| f.trim().strip_prefix(&format!("{key}=")))
-                    .map(|v| v.trim().trim_matches('"').to_string())
-                    .unwrap_or_default()
-            };
-            SfdiskPart {
-                start: get("start").parse().unwrap(),
-                size: get("size").parse().unwrap(),
-                type_guid: get("type"),
-                uuid: get("uuid"),
-                name: get("name"),
-                attrs: get("attrs"),
-            }
-        })
-        .collect();
-    (out, parts)
-}
-
 fn dissect_json(image: &Path, extra: &[&str]) -> serde_json::Value {
     require_tool("systemd-dissect", "systemd-container");
     let out = run_ok(
@@ -134,7 +96,7 @@ fn signed_ddi_passes_sfdisk_dissect_veritysetup_openssl_and_mounts() {
     let root = sealed.root_hash;
 
     // sfdisk: three partitions with our types, UUIDs, labels, read-only.
-    let (dump, parts) = sfdisk_dump(&out);
+    let (dump, parts) = integration_tests::sfdisk::dump(&out);
     assert!(dump.contains("label: gpt"), "{dump}");
     assert_eq!(parts.len(), 3, "{dump}");
     let roles = [
@@ -331,7 +293,7 @@ fn unsigned_ddi_has_two_partitions_and_needs_an_external_root_hash() {
         },
     )
     .unwrap();
-    let (dump, parts) = sfdisk_dump(&out);
+    let (dump, parts) = integration_tests::sfdisk::dump(&out);
     assert_eq!(parts.len(), 2, "{dump}");
     // systemd 252 does not derive the root hash from the partition UUIDs:
     // without one it sees no verity; given the root hash it matches the
@@ -365,7 +327,7 @@ fn arm64_ddi_uses_arm64_types() {
         },
     )
     .unwrap();
-    let (dump, parts) = sfdisk_dump(&out);
+    let (dump, parts) = integration_tests::sfdisk::dump(&out);
     assert_eq!(
         parts[0].type_guid, "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
         "{dump}"

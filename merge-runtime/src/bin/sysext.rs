@@ -388,18 +388,12 @@ fn format_usec(usec: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
     let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    format!("{wd} {y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02} UTC")
+    match sysupdate::Date::from_unix_days(days) {
+        Some(date) => format!("{wd} {date} {h:02}:{m:02}:{s:02} UTC"),
+        // Beyond year 9999: no calendar date; show the raw count.
+        None => format!("@{secs} UTC"),
+    }
 }
 
 #[cfg(test)]

@@ -145,21 +145,7 @@ pub fn publish_github(
     target: &GithubTarget,
 ) -> Result<GithubReport, GithubError> {
     let mut report = GithubReport::default();
-    let mut names = Vec::new();
-    for ent in fs::read_dir(feed_dir).map_err(io_err("listing", feed_dir))? {
-        let ent = ent.map_err(io_err("listing", feed_dir))?;
-        let Some(name) = ent
-            .file_name()
-            .to_str()
-            .and_then(|n| ExtensionName::new(n).ok())
-        else {
-            continue;
-        };
-        if ent.path().join(MANIFEST_FILE).is_file() {
-            names.push(name);
-        }
-    }
-    names.sort();
+    let names = crate::dir::existing_extensions(feed_dir)?;
     for name in names {
         let dir = feed_dir.join(name.as_str());
         let files = local_files(&dir, Some(&name))?;
