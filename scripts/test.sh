@@ -28,4 +28,7 @@ else
   echo "warning: not root or no apt-get; assuming these are installed: ${packages[*]}" >&2
 fi
 
+# The binaries first, with the workspace's feature set: the end-to-end
+# tests run them (tests/src/lib.rs `bin`) and find them fresh.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

@@ -3,10 +3,12 @@
 //! and running real tools with useful failure messages.
 //!
 //! Binaries: `env!("CARGO_BIN_EXE_…")` exists only inside the package that
-//! owns the binary, so [`bin`] builds the binary once per test process with
-//! the same `cargo` that runs the tests (`cargo build -p PKG --bin NAME`,
-//! same profile and target directory) and takes its path from cargo's JSON
-//! messages. Library behaviour is tested by calling the library directly
+//! owns the binary, so [`bin`] asks the same `cargo` that runs the tests for
+//! the workspace's binaries (`cargo build --workspace --bins`: the same
+//! profile, target directory and feature unification as the
+//! `cargo build --workspace --bins` that `scripts/test.sh` runs first, so it
+//! finds them fresh instead of rebuilding the dependency graph with other
+//! features) and takes the path from cargo's JSON messages. Library behaviour is tested by calling the library directly
 //! (this crate depends on `bakery`); the binaries are run to test the CLI.
 //!
 //! Root: tests that mount call [`require_root`] first, which panics with a
@@ -49,14 +51,14 @@ pub fn bin(package: &str, name: &str) -> PathBuf {
             "--quiet",
             "--message-format=json-render-diagnostics",
         ])
-        .args(["-p", package, "--bin", name]);
+        .args(["--locked", "--workspace", "--bins"]);
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
     }
     let out = cmd.output().expect("cannot run cargo");
     assert!(
         out.status.success(),
-        "cargo build -p {package} --bin {name} failed:\n{}",
+        "cargo build --workspace --bins (for {package}/{name}) failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let path = String::from_utf8_lossy(&out.stdout)
