@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -683,26 +683,10 @@ pub fn up_to_date(out_dir: &Path, image_file_name: &str, fp: &Sha256Digest) -> b
     })
 }
 
+/// Replaces `path` with `bytes` (mode 0644) via [`signing::atomic`]:
+/// temporary file in the same directory, fsync, rename, directory fsync.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), InputsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".bakery-provenance.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err(dir, "cannot create a temporary file"))?;
-    tmp.write_all(bytes).map_err(io_err(path, "cannot write"))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))
-        .map_err(io_err(path, "cannot set permissions"))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err(path, "cannot fsync"))?;
-    tmp.persist(path).map_err(|e| InputsError::Io {
-        path: path.to_path_buf(),
-        action: "cannot rename into place",
-        err: e.error,
-    })?;
-    Ok(())
+    signing::atomic::write_atomic(path, bytes, 0o644).map_err(io_err(path, "cannot write"))
 }
 
 // ---------------------------------------------------------------------------

@@ -125,32 +125,12 @@ pub fn is_plain_relative(p: &Path) -> bool {
     p.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
-/// Writes `data` to `path` atomically: temporary file in the same
-/// directory, fsync, rename. Nothing half-written appears under `path`.
+/// Writes `data` to `path` atomically with exactly `mode`: temporary file
+/// in the same directory (named `.#NAME.…`, which systemd ignores), fsync,
+/// rename, fsync of the directory (the workspace's one implementation,
+/// [`signing::atomic`]). Nothing half-written appears under `path`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".#{}.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    let res = f.write_all(data).and_then(|_| f.sync_all());
-    drop(f);
-    if let Err(e) = res.and_then(|_| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(())
+    signing::atomic::write_atomic_with_prefix(path, data, mode, ".#")
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! Crash-safe file operations for the feed directory: every file appears
 //! under its final name only complete and on disk (temporary file in the
-//! same directory, fsync, rename, fsync of the directory), and digests are
-//! computed while the bytes stream through.
+//! same directory, fsync, rename, fsync of the directory — done by
+//! [`signing::atomic`], the workspace's one implementation; this module
+//! adds feed-specific temporary names, modes and error context), and
+//! digests are computed while the bytes stream through.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256, Sha512};
+use signing::atomic::AtomicFile;
 use sysupdate::Sha256Digest;
 
 /// Prefix of every temporary file this crate creates in a feed directory;
@@ -129,40 +132,34 @@ pub fn open_regular(path: &Path) -> Result<File, IoError> {
     File::open(path).map_err(io_err("opening", path))
 }
 
-fn temp_in(dir: &Path, name: &str) -> Result<tempfile::NamedTempFile, IoError> {
-    tempfile::Builder::new()
-        .prefix(&format!("{TEMP_PREFIX}{name}."))
-        .tempfile_in(dir)
-        .map_err(io_err("creating a temporary file in", dir))
+/// A temporary file beside `dest` named with [`TEMP_PREFIX`] (so
+/// [`remove_stale_temps`] finds leftovers), created with `mode`.
+fn temp_for(dest: &Path, mode: u32) -> Result<AtomicFile, IoError> {
+    AtomicFile::create_with_prefix(dest, mode, TEMP_PREFIX).map_err(io_err(
+        "creating a temporary file in",
+        dest.parent().unwrap_or(Path::new(".")),
+    ))
 }
 
-fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), IoError> {
-    tmp.as_file().sync_all().map_err(io_err("syncing", dest))?;
-    tmp.persist(dest).map_err(|e| IoError {
-        action: "renaming into place",
-        path: dest.to_path_buf(),
-        source: e.error,
-    })?;
-    sync_parent(dest)
+/// Sets exactly `mode` (whatever the umask), then fsyncs, renames over
+/// `dest` and fsyncs the directory.
+fn persist(tmp: AtomicFile, mode: u32, dest: &Path) -> Result<(), IoError> {
+    set_mode(tmp.file(), mode, dest)?;
+    tmp.commit().map_err(io_err("renaming into place", dest))
 }
 
 /// fsyncs the directory holding `path`, making a rename or unlink durable.
 pub fn sync_parent(path: &Path) -> Result<(), IoError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing directory", dir))
+    signing::atomic::sync_parent(path).map_err(io_err(
+        "syncing directory",
+        path.parent().unwrap_or(Path::new(".")),
+    ))
 }
 
 /// Atomically replaces `dest` with `bytes`, file mode 0644.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let mut tmp = temp_in(dir, name)?;
-    tmp.write_all(bytes)
-        .map_err(io_err("writing", tmp.path()))?;
-    set_mode(tmp.as_file(), 0o644, dest)?;
-    persist(tmp, dest)
+    signing::atomic::write_atomic_with_prefix(dest, bytes, 0o644, TEMP_PREFIX)
+        .map_err(io_err("writing", dest))
 }
 
 /// Writes `bytes` to `dest` unless it already holds exactly them (so
@@ -195,9 +192,7 @@ pub fn read_regular_if_exists(path: &Path) -> Result<Option<Vec<u8>>, IoError> {
 /// returning the digests of the bytes copied. Mode 0444.
 pub fn copy_atomic(src: &Path, dest: &Path) -> Result<FileDigests, IoError> {
     let mut input = open_regular(src)?;
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let mut tmp = temp_in(dir, name)?;
+    let mut tmp = temp_for(dest, 0o444)?;
     let mut h = Hasher::default();
     let mut buf = vec![0u8; BUF];
     loop {
@@ -206,11 +201,11 @@ pub fn copy_atomic(src: &Path, dest: &Path) -> Result<FileDigests, IoError> {
             break;
         }
         h.update(&buf[..n]);
-        tmp.write_all(&buf[..n])
-            .map_err(io_err("writing", tmp.path()))?;
+        tmp.file_mut()
+            .write_all(&buf[..n])
+            .map_err(io_err("writing", tmp.temp_path()))?;
     }
-    set_mode(tmp.as_file(), 0o444, dest)?;
-    persist(tmp, dest)?;
+    persist(tmp, 0o444, dest)?;
     Ok(h.finish())
 }
 
