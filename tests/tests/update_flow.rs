@@ -210,9 +210,15 @@ fn minor_stream_stays_on_its_minor() {
     assert_eq!(node.merged_version().as_deref(), Some("v1.30.6"));
 }
 
-/// Runs an update that must be refused, and checks the old version stays.
-fn refused(node: &Node, want: &str, old: &str) {
-    let out = node.update(&[]);
+/// Runs an update that must be refused, and checks the old version stays
+/// and exactly the versions `failed` are recorded as failed (image-policy
+/// refusals are; feed refusals are not).
+fn refused(node: &Node, want: &str, old: &str, failed: &[&str]) {
+    refused_with(node, &[], want, old, failed)
+}
+
+fn refused_with(node: &Node, args: &[&str], want: &str, old: &str, failed: &[&str]) {
+    let out = node.update(args);
     assert!(
         !out.status.success(),
         "the update was not refused:\n{}",
@@ -243,10 +249,12 @@ fn refused(node: &Node, want: &str, old: &str) {
         "{:?}",
         node.all_target_files()
     );
-    assert!(
-        node.state()["components"]["app"]["failed"].is_null(),
-        "a refusal was recorded as a failed version"
-    );
+    let state = node.state();
+    let recorded: Vec<&str> = state["components"]["app"]["failed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f["version"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(recorded, failed, "failed versions in the state file");
 }
 
 #[test]
@@ -281,18 +289,18 @@ fn refusals_keep_the_old_version_current_and_merged() {
         releases::ManifestSigner::public_keyring(&stranger),
     )
     .unwrap();
-    refused(&node, "does not verify", "1");
+    refused(&node, "does not verify", "1", &[]);
     // ... or a manifest changed after signing.
     fs::write(&keyring, &good_keyring).unwrap();
     let sums = String::from_utf8(feed.file("app/SHA256SUMS")).unwrap();
     let tampered = sums.replace(&feed.published["app-2-x86-64.raw"], &sha256_hex(b"evil"));
     assert_ne!(sums, tampered);
     feed.upstream.insert("/feed/app/SHA256SUMS", tampered);
-    refused(&node, "does not verify", "1");
+    refused(&node, "does not verify", "1", &[]);
     // ... or no signature at all.
     feed.serve();
     feed.upstream.remove("/feed/app/SHA256SUMS.gpg");
-    refused(&node, "signature is missing", "1");
+    refused(&node, "signature is missing", "1", &[]);
     feed.serve();
 
     // A stale BEST-BEFORE, validly signed.
@@ -300,7 +308,7 @@ fn refusals_keep_the_old_version_current_and_merged() {
     assert!(String::from_utf8(feed.file("app/SHA256SUMS"))
         .unwrap()
         .contains("BEST-BEFORE-2001-01-02"));
-    refused(&node, "stale", "1");
+    refused(&node, "stale", "1", &[]);
     feed.publish(&[], None);
 
     // An image whose bytes do not match the manifest.
@@ -310,17 +318,77 @@ fn refusals_keep_the_old_version_current_and_merged() {
     let mid = bad.len() / 2;
     bad[mid] ^= 1;
     feed.upstream.insert("/feed/app/app-3-x86-64.raw", bad);
-    refused(&node, "sha256 mismatch", "1");
+    refused(&node, "sha256 mismatch", "1", &[]);
 
     // An image signed by a key this node does not trust (valid manifest).
     let other = image_key(work.path(), "stranger");
     let v4 = build_image(work.path(), "app", "4", Some(&other), &[], 0);
     feed.publish(&[("app", "4", &v4)], None);
-    refused(&node, "refused by this node's image policy", "1");
+    refused(&node, "refused by this node's image policy", "1", &["4"]);
+    // It is recorded with the reason, so the next (timer) run does not
+    // download it again: up to date, skipping 4, and saying why.
+    let state = node.state();
+    let why = state["components"]["app"]["failed"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("refused by this node's image policy") && why.contains("signature"),
+        "{why}"
+    );
+    // (MinVersion=4 so the older, good versions 2 and 3 still in the feed
+    // are not installed instead.)
+    node.edit_transfer("app.transfer", |t| {
+        assert!(t.contains("[Transfer]\n"), "{t}");
+        t.replacen("[Transfer]\n", "[Transfer]\nMinVersion=4\n", 1)
+    });
+    feed.upstream.clear_log();
+    let r = node.update_ok(&[]);
+    assert_eq!(field(&r, "outcome"), "up-to-date", "{r:#}");
+    assert_eq!(field(&r, "skipped_failed")[0], "4");
+    assert_eq!(field(&r, "skipped")[0]["version"], "4");
+    assert_eq!(field(&r, "skipped")[0]["reason"], why.as_str());
+    assert_eq!(field(&r, "downloaded_bytes"), 0);
+    assert!(
+        feed.upstream
+            .requests_for("/feed/app/app-4-x86-64.raw")
+            .is_empty(),
+        "the refused image was downloaded again"
+    );
+    let out = node.sysext(&["pending", "--progress=none"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "skipped version(s) that failed before: 4 (refused by this node's image policy"
+        ),
+        "{}",
+        show(&out)
+    );
+    let r = report(&node.sysext(&["--json", "pending", "--progress=none"]));
+    assert_eq!(field(&r, "skipped")[0]["reason"], why.as_str());
+    // Without MinVersion the next-best version would be installed: pending
+    // says so, still naming 4 and why it is skipped.
+    node.edit_transfer("app.transfer", |t| t.replace("MinVersion=4\n", ""));
+    let out = node.sysext(&["pending", "--progress=none"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("would update 1 -> 3; skipped version(s) that failed before: 4 (refused"),
+        "{}",
+        show(&out)
+    );
+    // --retry-failed tries it again (and it is refused again, and deleted).
+    refused_with(
+        &node,
+        &["--retry-failed"],
+        "refused by this node's image policy",
+        "1",
+        &["4"],
+    );
     // ... and an unsigned one under policy `signed`.
     let v5 = build_image(work.path(), "app", "5", None, &[], 0);
     feed.publish(&[("app", "5", &v5)], None);
-    refused(&node, "signed", "1");
+    refused(&node, "signed", "1", &["4", "5"]);
 
     // Verify=no is obeyed, loudly; the image checks still apply.
     node.edit_transfer("app.transfer", |t| t.replace("Verify=yes", "Verify=no"));
@@ -329,7 +397,7 @@ fn refusals_keep_the_old_version_current_and_merged() {
         releases::ManifestSigner::public_keyring(&stranger),
     )
     .unwrap();
-    let out = node.update(&[]);
+    let out = node.update(&["--retry-failed"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("WARNING"),
         "{}",
@@ -345,6 +413,32 @@ fn refusals_keep_the_old_version_current_and_merged() {
     let r = node.update_ok(&[]);
     assert_eq!(field(&r, "outcome"), "installed");
     assert_eq!(node.merged_version().as_deref(), Some("6"));
+
+    // An image larger than --max-download-size: refused by its
+    // Content-Length before a byte is written; nothing left behind, and
+    // not recorded as failed (a larger limit lets it through).
+    let v7 = build_image(work.path(), "app", "7", Some(&key), &[], 400_000);
+    let size = fs::metadata(&v7).unwrap().len();
+    feed.publish(&[("app", "7", &v7)], None);
+    let before = node.all_target_files();
+    let limit = (size / 2).to_string();
+    let out = node.update(&["--max-download-size", &limit]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let r = report(&out);
+    assert_eq!(field(&r, "outcome"), "refused", "{}", show(&out));
+    let reason = field(&r, "reason").as_str().unwrap_or_default();
+    let url = feed.upstream.url("feed/app/app-7-x86-64.raw");
+    assert!(
+        reason.contains(&url)
+            && reason.contains(&format!("limit of {limit} bytes"))
+            && reason.contains(&format!("announces {size} bytes")),
+        "{reason}"
+    );
+    assert_eq!(node.all_target_files(), before, "something was left behind");
+    assert_eq!(node.merged_version().as_deref(), Some("6"));
+    let r = node.update_ok(&["--max-download-size", &size.to_string()]);
+    assert_eq!(field(&r, "outcome"), "installed", "{r:#}");
+    assert_eq!(node.merged_version().as_deref(), Some("7"));
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub const KEYRINGS: [&str; 4] = [
 pub const MAX_MANIFEST: u64 = 16 << 20;
 /// Largest signature accepted.
 pub const MAX_SIGNATURE: u64 = 1 << 20;
+/// Largest image download accepted by default (`--max-download-size`).
+pub const DEFAULT_MAX_DOWNLOAD: u64 = 16 << 30;
 
 /// Anything that goes wrong talking to the feed.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,12 @@ pub enum FeedError {
     },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{url}: {detail}, more than the limit of {limit} bytes; the partial file was deleted (raise --max-download-size if the image really is this large)")]
+    DownloadTooLarge {
+        url: String,
+        limit: u64,
+        detail: String,
+    },
     #[error("{url}: sha256 mismatch: the download is {got}, the signed manifest says {expected}; the file was deleted")]
     Sha256Mismatch {
         url: String,
@@ -342,11 +350,16 @@ impl Feed {
     /// the whole file against `expected`. A resumed file that does not
     /// match is downloaded once more from scratch; a fresh download that
     /// does not match is deleted and refused. The file is fsynced.
+    ///
+    /// A file larger than `limit` bytes (by `Content-Length` before any
+    /// byte is written, or by counting) is refused and the partial file
+    /// deleted, so a hostile or broken server cannot fill the disk.
     pub fn download(
         &mut self,
         url: &str,
         partial: &Path,
         expected: &Sha256Digest,
+        limit: u64,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Downloaded, FeedError> {
         let mut f = std::fs::OpenOptions::new()
@@ -361,7 +374,16 @@ impl Feed {
         let mut fresh_attempt_done = false;
         loop {
             let existing = f.metadata().map_err(io_err(partial))?.len();
-            let (got, done) = self.download_once(url, &mut f, partial, existing, progress)?;
+            let (got, done) =
+                match self.download_once(url, &mut f, partial, existing, limit, progress) {
+                    Ok(x) => x,
+                    Err(e @ FeedError::DownloadTooLarge { .. }) => {
+                        drop(f);
+                        let _ = std::fs::remove_file(partial);
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                };
             if got == *expected {
                 f.sync_all().map_err(io_err(partial))?;
                 return Ok(done);
@@ -389,8 +411,20 @@ impl Feed {
         f: &mut File,
         partial: &Path,
         existing: u64,
+        limit: u64,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(Sha256Digest, Downloaded), FeedError> {
+        let too_large = |detail: String| FeedError::DownloadTooLarge {
+            url: url.to_string(),
+            limit,
+            detail,
+        };
+        if existing > limit {
+            return Err(too_large(format!(
+                "the partial file {} already holds {existing} bytes",
+                partial.display()
+            )));
+        }
         let opened = self.open(url, existing)?;
         let mut hasher = Sha256::new();
         let mut body = match opened {
@@ -414,6 +448,9 @@ impl Feed {
             }
             Opened::Body(b) => b,
         };
+        if let Some(total) = body.total.filter(|t| *t > limit) {
+            return Err(too_large(format!("the server announces {total} bytes")));
+        }
         if body.start == 0 {
             f.set_len(0).map_err(io_err(partial))?;
         } else {
@@ -440,6 +477,9 @@ impl Feed {
                     })
                 }
             };
+            if done + n as u64 > limit {
+                return Err(too_large(format!("the server sent more than {done} bytes")));
+            }
             f.write_all(&buf[..n]).map_err(io_err(partial))?;
             hasher.update(&buf[..n]);
             done += n as u64;
@@ -582,24 +622,98 @@ mod tests {
         let partial = t.path().join(".#sysext-img.partial");
         std::fs::write(&partial, &data[..1_000_000]).unwrap();
         let mut feed = Feed::new();
-        let d = feed.download(&url, &partial, &want, &mut |_| {}).unwrap();
+        let d = feed
+            .download(&url, &partial, &want, DEFAULT_MAX_DOWNLOAD, &mut |_| {})
+            .unwrap();
         assert_eq!((d.resumed_from, d.transferred), (1_000_000, 2_000_000));
         assert_eq!(std::fs::read(&partial).unwrap(), data);
         // Complete already: nothing transferred.
-        let d = feed.download(&url, &partial, &want, &mut |_| {}).unwrap();
+        let d = feed
+            .download(&url, &partial, &want, DEFAULT_MAX_DOWNLOAD, &mut |_| {})
+            .unwrap();
         assert_eq!(d.transferred, 0);
         // A partial from another file: retried from scratch.
         std::fs::write(&partial, b"garbage").unwrap();
-        let d = feed.download(&url, &partial, &want, &mut |_| {}).unwrap();
+        let d = feed
+            .download(&url, &partial, &want, DEFAULT_MAX_DOWNLOAD, &mut |_| {})
+            .unwrap();
         assert_eq!(d.resumed_from, 0);
         assert_eq!(std::fs::read(&partial).unwrap(), data);
         // Wrong digest: refused and deleted.
         std::fs::remove_file(&partial).unwrap();
         let bad = Sha256Digest::from_bytes([1; 32]);
         let e = feed
-            .download(&url, &partial, &bad, &mut |_| {})
+            .download(&url, &partial, &bad, DEFAULT_MAX_DOWNLOAD, &mut |_| {})
             .unwrap_err();
         assert!(e.to_string().contains("sha256 mismatch"), "{e}");
         assert!(!partial.exists());
+
+        // Over the size limit: refused before writing (the file:// source
+        // announces its size), and by counting when a partial file is
+        // already past it; the partial file is deleted either way.
+        let e = feed
+            .download(&url, &partial, &want, 1_000_000, &mut |_| {})
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, FeedError::DownloadTooLarge { .. }), "{msg}");
+        assert!(
+            msg.contains(&url) && msg.contains("1000000 bytes") && msg.contains("3000000"),
+            "{msg}"
+        );
+        assert!(!partial.exists());
+        std::fs::write(&partial, &data[..2_000_000]).unwrap();
+        let e = feed
+            .download(&url, &partial, &want, 1_000_000, &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(e, FeedError::DownloadTooLarge { .. }), "{e}");
+        assert!(!partial.exists());
+        // Exactly at the limit is fine.
+        let d = feed
+            .download(&url, &partial, &want, 3_000_000, &mut |_| {})
+            .unwrap();
+        assert_eq!(d.bytes, 3_000_000);
+    }
+
+    /// A server that announces no length (HTTP/1.1 with `Connection:
+    /// close`) and sends more than the limit: stopped by counting.
+    #[test]
+    fn http_download_without_length_is_capped_by_counting() {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let mut w = conn;
+            let _ = w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            let chunk = vec![7u8; 64 * 1024];
+            // 8 MiB, or until the client hangs up.
+            for _ in 0..128 {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let t = tempfile::tempdir().unwrap();
+        let partial = t.path().join(".#sysext-img.partial");
+        let url = format!("http://{addr}/img");
+        let want = Sha256Digest::from_bytes([0; 32]);
+        let e = Feed::new()
+            .download(&url, &partial, &want, 1_000_000, &mut |_| {})
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, FeedError::DownloadTooLarge { .. }), "{msg}");
+        assert!(
+            msg.contains(&url)
+                && msg.contains("limit of 1000000 bytes")
+                && msg.contains("sent more than"),
+            "{msg}"
+        );
+        assert!(!partial.exists(), "the partial file was left behind");
+        server.join().unwrap();
     }
 }

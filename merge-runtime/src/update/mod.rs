@@ -24,9 +24,14 @@
 //! 4. vacuum to `InstancesMax - 1` (never the current or previous
 //!    instance), download into `.#sysext-FILE.partial` in the target
 //!    directory (resuming a partial file with `Range`), check its sha256
-//!    against the verified manifest;
+//!    against the verified manifest (a file larger than
+//!    `--max-download-size` is refused, by its `Content-Length` or by
+//!    counting, and its partial file deleted);
 //! 5. check the image under the node's policy, exactly as a merge would
 //!    (policy, root-hash signature against `verity.d`, every data block);
+//!    an image refused here is deleted and its version recorded as failed
+//!    with the reason (the same bytes would be refused again), so later
+//!    runs skip it unless `--retry-failed`;
 //! 6. set its mode (0444 by default), fsync, rename into place;
 //! 7. under the main lock: write the activation journal, flip
 //!    `CurrentSymlink=` (new symlink under a temporary name, renamed over
@@ -104,6 +109,8 @@ pub struct UpdateOptions {
     pub retry_failed: bool,
     /// "Today" for `BEST-BEFORE` (default: the current UTC date).
     pub today: Option<Date>,
+    /// Largest image file downloaded, in bytes (`--max-download-size`).
+    pub max_download_size: u64,
 }
 
 impl UpdateOptions {
@@ -116,6 +123,7 @@ impl UpdateOptions {
             refresh: true,
             retry_failed: false,
             today: None,
+            max_download_size: feed::DEFAULT_MAX_DOWNLOAD,
         }
     }
 }
@@ -272,6 +280,15 @@ pub struct ManifestInfo {
     pub best_before: Option<String>,
 }
 
+/// A version `update` skips because it failed before.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedVersion {
+    pub version: String,
+    /// Why it was recorded as failed (health check, rollback, refused by
+    /// the node's image policy).
+    pub reason: String,
+}
+
 /// The report for one component.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComponentReport {
@@ -283,6 +300,8 @@ pub struct ComponentReport {
     pub version: Option<String>,
     /// Newer versions skipped because they failed before.
     pub skipped_failed: Vec<String>,
+    /// The same versions, each with the reason it was recorded as failed.
+    pub skipped: Vec<SkippedVersion>,
     pub manifests: Vec<ManifestInfo>,
     /// What was done about an activation a killed run left behind.
     pub recovered: Option<String>,
@@ -301,6 +320,7 @@ impl ComponentReport {
             current_after: None,
             version: None,
             skipped_failed: Vec::new(),
+            skipped: Vec::new(),
             manifests: Vec::new(),
             recovered: None,
             reason: None,
@@ -534,6 +554,7 @@ fn is_refusal(e: &FeedError) -> bool {
             | FeedError::Expired { .. }
             | FeedError::Sha256Mismatch { .. }
             | FeedError::TooLarge { .. }
+            | FeedError::DownloadTooLarge { .. }
     )
 }
 
@@ -677,6 +698,16 @@ fn update_component(ctx: &mut Ctx, name: &str, dry_run: bool) -> ComponentReport
         }
         if cstate.is_failed(v) && !ctx.opts.retry_failed {
             rep.skipped_failed.push(v.to_string());
+            let reason = cstate
+                .failed
+                .iter()
+                .find(|f| f.version.uapi_eq(v))
+                .map(|f| f.reason.clone())
+                .unwrap_or_default();
+            rep.skipped.push(SkippedVersion {
+                version: v.to_string(),
+                reason,
+            });
             continue;
         }
         chosen = Some(v.clone());
@@ -690,6 +721,8 @@ fn update_component(ctx: &mut Ctx, name: &str, dry_run: bool) -> ComponentReport
     // Failed versions older than what is current are irrelevant.
     rep.skipped_failed
         .retain(|s| Version::new(s.as_str()).is_ok_and(|v| newer(&v)));
+    rep.skipped
+        .retain(|s| Version::new(s.version.as_str()).is_ok_and(|v| newer(&v)));
     let Some(version) = chosen.filter(|v| newer(v)) else {
         let action = if rep.skipped_failed.is_empty() {
             "up to date".to_string()
@@ -835,14 +868,17 @@ fn install_and_activate(
         let file_label = final_name.clone();
         let comp_label = name.to_string();
         let obs = &mut *ctx.obs;
-        let r = ctx.feed.download(&url, &partial, &cand.digest, &mut |p| {
-            obs(&Event::DownloadProgress {
-                component: comp_label.clone(),
-                file: file_label.clone(),
-                bytes: p.done,
-                total: p.total,
-            })
-        });
+        let limit = ctx.opts.max_download_size;
+        let r = ctx
+            .feed
+            .download(&url, &partial, &cand.digest, limit, &mut |p| {
+                obs(&Event::DownloadProgress {
+                    component: comp_label.clone(),
+                    file: file_label.clone(),
+                    bytes: p.done,
+                    total: p.total,
+                })
+            });
         let d = match r {
             Ok(d) => d,
             Err(e) => {
@@ -893,15 +929,31 @@ fn install_and_activate(
                 signer: c.decision.signer.clone(),
                 verified_bytes: c.verified_bytes,
             }),
-            Err(reason) => {
+            Err(e) => {
                 remove_partials(&staged);
-                return Err((
-                    Outcome::Refused,
-                    format!(
-                        "{} (version {version}) is refused by this node's image policy: {reason}; nothing was changed",
-                        s.final_path.display()
-                    ),
-                ));
+                let mut msg = format!(
+                    "{} (version {version}) is refused by this node's image policy: {e}; nothing was changed",
+                    s.final_path.display()
+                );
+                if let target::ImageCheckError::Refused(reason) = &e {
+                    // The same bytes would be refused again: remember the
+                    // version so timer runs do not download it over and
+                    // over (`--retry-failed` tries it again, e.g. after
+                    // the node's policy or verity.d changed).
+                    let mut cstate = ctx.state.component(name);
+                    cstate.mark_failed(
+                        version,
+                        &format!("refused by this node's image policy: {reason}"),
+                        now_usec(),
+                    );
+                    match ctx.state.put(name, cstate) {
+                        Ok(()) => msg.push_str(&format!(
+                            "; version {version} is recorded as failed and skipped by later updates (--retry-failed tries it again)"
+                        )),
+                        Err(e) => msg.push_str(&format!("; could not record it as failed: {e}")),
+                    }
+                }
+                return Err((Outcome::Refused, msg));
             }
         }
     }

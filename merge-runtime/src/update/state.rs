@@ -3,8 +3,9 @@
 //! file in the same directory, fsync, rename, fsync of the directory):
 //!
 //! - per component, the versions that failed their activation or health
-//!   check (or were rolled back by hand), so they are not installed again
-//!   automatically;
+//!   check, were refused by the node's image policy before activation (or
+//!   were rolled back by hand), with the reason, so they are not
+//!   downloaded or installed again automatically;
 //! - the link targets that were current before the last activation (the
 //!   "previous" instances, which vacuuming never removes and `rollback`
 //!   returns to);

@@ -339,6 +339,26 @@ pub struct ImageCheck {
     pub verified_bytes: u64,
 }
 
+/// Why the pre-activation check did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageCheckError {
+    /// The image itself is refused: the policy (unsigned under `signed`,
+    /// no verity data under `verity`), its root-hash signature (untrusted
+    /// or invalid), its format or its data blocks. Its sha256 matched the
+    /// signed manifest, so downloading it again gives the same refusal.
+    Refused(String),
+    /// The check could not be made (the root or the node's policy file).
+    Setup(String),
+}
+
+impl std::fmt::Display for ImageCheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageCheckError::Refused(r) | ImageCheckError::Setup(r) => f.write_str(r),
+        }
+    }
+}
+
 /// Checks an image file under the node's policy exactly as a merge
 /// would, before it may become current: the policy (`signed`, `verity`,
 /// `any`), the root-hash signature against `verity.d` under the root, and
@@ -348,21 +368,29 @@ pub fn verify_image(
     opts: &Options,
     image: &Path,
     sidecars: &Sidecars,
-) -> Result<ImageCheck, String> {
-    let root =
-        Root::open(&opts.root).map_err(|e| format!("opening root {}: {e}", opts.root.display()))?;
-    let policy = verify::load_policy(&root, opts.policy).map_err(|e| e.to_string())?;
-    let opened = runtime::open_image(image, sidecars, false).map_err(|(_, reason)| reason)?;
+) -> Result<ImageCheck, ImageCheckError> {
+    let root = Root::open(&opts.root).map_err(|e| {
+        ImageCheckError::Setup(format!("opening root {}: {e}", opts.root.display()))
+    })?;
+    let policy = verify::load_policy(&root, opts.policy)
+        .map_err(|e| ImageCheckError::Setup(e.to_string()))?;
+    let refused = |e: String| ImageCheckError::Refused(e);
+    let opened =
+        runtime::open_image(image, sidecars, false).map_err(|(_, reason)| refused(reason))?;
     let what = image.display().to_string();
     let decision = verify::decide(policy.policy, opened.material.as_ref(), &what, || {
         signing::pkcs7::TrustedCerts::from_verity_d(root.path())
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| refused(e.to_string()))?;
     let mut verified_bytes = 0;
     let mut root_hash = None;
     if let Some(m) = &opened.material {
         let data = ByteRange::new(opened.data.offset, opened.data.size_limit);
-        verify::verify_data(&opened.file, data, m).map_err(|e| e.to_string())?;
+        verify::verify_data(&opened.file, data, m).map_err(|e| match e {
+            // Reading failed: not the image's fault.
+            verify::VerifyError::Io { .. } => ImageCheckError::Setup(e.to_string()),
+            e => refused(e.to_string()),
+        })?;
         verified_bytes = data.len;
         root_hash = Some(m.root_hash.to_hex());
     }

@@ -40,6 +40,11 @@ pub enum UpdateCommand {
         /// Also consider versions that failed before.
         #[arg(long)]
         retry_failed: bool,
+        /// Largest image file to download, in bytes: a larger one is
+        /// refused (by Content-Length before downloading, else by
+        /// counting) and its partial file deleted.
+        #[arg(long, value_name = "BYTES", default_value_t = update::feed::DEFAULT_MAX_DOWNLOAD)]
+        max_download_size: u64,
     },
     /// Show what `update` would do (fetches and verifies the manifests;
     /// changes nothing).
@@ -297,6 +302,22 @@ fn describe(e: &Event) -> Option<String> {
     })
 }
 
+/// "; skipped ..." with each skipped version and why it failed, or "".
+fn skipped(c: &ComponentReport) -> String {
+    if c.skipped.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = c
+        .skipped
+        .iter()
+        .map(|s| format!("{} ({})", s.version, s.reason))
+        .collect();
+    format!(
+        "; skipped version(s) that failed before: {} (--retry-failed to try again)",
+        list.join("; ")
+    )
+}
+
 fn summary(c: &ComponentReport) -> String {
     let cur = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
     let n = &c.component;
@@ -311,20 +332,12 @@ fn summary(c: &ComponentReport) -> String {
             "{n}: installed {} and flipped the link (not refreshed: run `sysext refresh`)",
             cur(&c.version)
         ),
-        Outcome::UpToDate => {
-            let mut s = format!("{n}: up to date ({})", cur(&c.current_after));
-            if !c.skipped_failed.is_empty() {
-                s.push_str(&format!(
-                    "; skipped version(s) that failed before: {} (--retry-failed to try again)",
-                    c.skipped_failed.join(", ")
-                ));
-            }
-            s
-        }
+        Outcome::UpToDate => format!("{n}: up to date ({}){}", cur(&c.current_after), skipped(c)),
         Outcome::WouldInstall => format!(
-            "{n}: would update {} -> {}",
+            "{n}: would update {} -> {}{}",
             cur(&c.current_before),
-            cur(&c.version)
+            cur(&c.version),
+            skipped(c)
         ),
         Outcome::NothingAvailable => format!("{n}: nothing to install: {reason}"),
         Outcome::RolledBack => format!("{n}: ROLLED BACK to {}: {reason}", cur(&c.current_after)),
@@ -355,6 +368,7 @@ pub fn run(cmd: UpdateCommand, runtime: Options, json: Option<bool>) -> Result<(
             check_timeout,
             no_refresh,
             retry_failed,
+            max_download_size,
         } => {
             opts.definitions = common.definitions;
             opts.check = match (check, check_unit) {
@@ -365,6 +379,7 @@ pub fn run(cmd: UpdateCommand, runtime: Options, json: Option<bool>) -> Result<(
             opts.check_timeout = Duration::from_secs(check_timeout.max(1));
             opts.refresh = !no_refresh;
             opts.retry_failed = retry_failed;
+            opts.max_download_size = max_download_size;
             let mut p = Progress::new(common.progress);
             let r = update::update(&opts, &names, &mut |e| p.event(e)).context("update")?;
             print(&r)?;
