@@ -256,6 +256,15 @@ pub fn discover_in(root: &Root, dirs: &[&'static str]) -> io::Result<Discovery> 
             // Follow symlinks, but only inside the root.
             let fd = match root.open_in(&rel, true) {
                 Ok(fd) => fd,
+                // A transient answer (racing renames even after retries) is
+                // no verdict on the image: fail the command rather than
+                // drop the image, which would make a refresh unmerge it.
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("resolving {}: {e}; try again", entry_path.display()),
+                    ))
+                }
                 Err(e) => {
                     let is_link = std::fs::symlink_metadata(&entry_path)
                         .map(|m| m.file_type().is_symlink())

@@ -8,6 +8,11 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
+/// How often [`Root::open_in`] repeats an `openat2` that failed with
+/// `EAGAIN` (a racing rename or mount somewhere on the system) before
+/// reporting the error.
+const OPENAT2_EAGAIN_RETRIES: u32 = 1024;
+
 /// An opened directory tree that relative paths are resolved in.
 #[derive(Debug)]
 pub struct Root {
@@ -67,13 +72,25 @@ impl Root {
         if !follow_last {
             flags |= OFlags::NOFOLLOW;
         }
-        Ok(rustix::fs::openat2(
-            &self.fd,
-            rel,
-            flags,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )?)
+        // With RESOLVE_IN_ROOT the kernel answers EAGAIN when a `..`
+        // component was resolved while *any* rename or mount happened on
+        // the system (it cannot prove `..` stayed inside the root). That is
+        // not an answer about this path: try again. Treating it as "does
+        // not resolve" made discovery drop images under load, and a
+        // refresh then unmerged everything (see `tests` below).
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(
+                &self.fd,
+                rel,
+                flags,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Err(rustix::io::Errno::AGAIN) if tries < OPENAT2_EAGAIN_RETRIES => tries += 1,
+                r => return Ok(r?),
+            }
+        }
     }
 
     /// Resolves `rel` inside the root to a canonical absolute path
@@ -160,6 +177,50 @@ mod tests {
         let e = root.resolve("etc/extensions/b.raw").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert_eq!(root.resolve_nonexistent("/usr").unwrap(), canon.join("usr"));
+    }
+
+    /// Regression: `openat2(RESOLVE_IN_ROOT)` fails with EAGAIN when a
+    /// `..` is resolved while anything on the system renames a file. A
+    /// relative link such as `sysext update` writes
+    /// (`../../opt/extensions/app/app_2.raw`) must still resolve every
+    /// time while another thread renames files.
+    #[test]
+    fn dotdot_links_resolve_during_concurrent_renames() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("root");
+        std::fs::create_dir_all(r.join("etc/extensions")).unwrap();
+        std::fs::create_dir_all(r.join("opt/ext")).unwrap();
+        std::fs::write(r.join("opt/ext/a.raw"), b"x").unwrap();
+        std::os::unix::fs::symlink("../../opt/ext/a.raw", r.join("etc/extensions/a.raw")).unwrap();
+        let storm = t.path().join("storm");
+        std::fs::create_dir_all(&storm).unwrap();
+        std::fs::write(storm.join("a"), b"").unwrap();
+        let stop = AtomicBool::new(false);
+        let root = Root::open(&r).unwrap();
+        let want = std::fs::canonicalize(&r).unwrap().join("opt/ext/a.raw");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(storm.join("a"), storm.join("b")).unwrap();
+                    std::fs::rename(storm.join("b"), storm.join("a")).unwrap();
+                }
+            });
+            let mut failures = Vec::new();
+            for _ in 0..20_000 {
+                match root.resolve("/etc/extensions/a.raw") {
+                    Ok(p) => assert_eq!(p, want),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert!(
+                failures.is_empty(),
+                "{} of 20000 resolutions failed, e.g. {}",
+                failures.len(),
+                failures[0]
+            );
+        });
     }
 
     #[test]
