@@ -6,12 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
-
-/// How often [`Root::open_in`] repeats an `openat2` that failed with
-/// `EAGAIN` (a racing rename or mount somewhere on the system) before
-/// reporting the error.
-const OPENAT2_EAGAIN_RETRIES: u32 = 1024;
+use rustix::fs::{Mode, OFlags};
 
 /// An opened directory tree that relative paths are resolved in.
 #[derive(Debug)]
@@ -72,25 +67,9 @@ impl Root {
         if !follow_last {
             flags |= OFlags::NOFOLLOW;
         }
-        // With RESOLVE_IN_ROOT the kernel answers EAGAIN when a `..`
-        // component was resolved while *any* rename or mount happened on
-        // the system (it cannot prove `..` stayed inside the root). That is
-        // not an answer about this path: try again. Treating it as "does
-        // not resolve" made discovery drop images under load, and a
-        // refresh then unmerged everything (see `tests` below).
-        let mut tries = 0;
-        loop {
-            match rustix::fs::openat2(
-                &self.fd,
-                rel,
-                flags,
-                Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-            ) {
-                Err(rustix::io::Errno::AGAIN) if tries < OPENAT2_EAGAIN_RETRIES => tries += 1,
-                r => return Ok(r?),
-            }
-        }
+        // Retries EAGAIN from a racing rename/mount (see `signing::in_root`
+        // and the regression test below).
+        Ok(signing::in_root::openat2_in_root(&self.fd, rel, flags)?)
     }
 
     /// Resolves `rel` inside the root to a canonical absolute path

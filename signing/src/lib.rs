@@ -27,6 +27,7 @@
 pub mod atomic;
 pub mod ddi;
 mod gpt;
+pub mod in_root;
 pub mod keys;
 pub mod openpgp;
 pub mod pkcs7;

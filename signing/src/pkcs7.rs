@@ -18,7 +18,7 @@ use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::X509;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use sysupdate::Sha256Digest;
 
 use crate::keys::{cert_fingerprint, subject_of, SigningKey};
@@ -190,12 +190,10 @@ impl TrustedCerts {
         )
         .map_err(read_err(root.to_path_buf()))?;
         let open_in_root = |rel: &str, flags: OFlags| -> rustix::io::Result<OwnedFd> {
-            rustix::fs::openat2(
+            crate::in_root::openat2_in_root(
                 root_fd.as_fd(),
-                rel,
+                std::path::Path::new(rel),
                 flags | OFlags::CLOEXEC | OFlags::NOCTTY,
-                Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
             )
         };
         // file name -> path relative to root, first directory wins.
