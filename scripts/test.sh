@@ -16,6 +16,7 @@ packages=(
   gcc libssl-dev pkg-config # build prerequisites of the openssl crate
   util-linux        # unshare, losetup
   python3
+  xz-utils zstd     # GNU tar delegates .tar.xz / .tar.zst to them (unpack oracle)
   libc6-arm64-cross binutils # a real aarch64 ELF (ld.so) for the arch lint; readelf oracle
   qemu-system-x86 linux-image-amd64 # VM tests: Debian's kernel with dm-verity under TCG
   busybox-static cpio kmod dmsetup  # VM initramfs: shell + applets, cpio oracle, modules, dmsetup oracle
