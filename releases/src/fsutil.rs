@@ -88,11 +88,15 @@ const BUF: usize = 1 << 20;
 
 /// Reads a regular file (symlinks are not followed) and digests it.
 pub fn digest_file(path: &Path) -> Result<FileDigests, IoError> {
-    let mut f = open_regular_nofollow(path)?;
+    digest_reader(open_regular_nofollow(path)?, path)
+}
+
+/// Digests everything `reader` (the file at `path`) yields.
+fn digest_reader(mut reader: impl Read, path: &Path) -> Result<FileDigests, IoError> {
     let mut h = Hasher::default();
     let mut buf = vec![0u8; BUF];
     loop {
-        let n = f.read(&mut buf).map_err(io_err("reading", path))?;
+        let n = reader.read(&mut buf).map_err(io_err("reading", path))?;
         if n == 0 {
             break;
         }
@@ -211,17 +215,7 @@ pub fn copy_atomic(src: &Path, dest: &Path) -> Result<FileDigests, IoError> {
 
 /// Digests an input file the caller named (following symlinks).
 pub fn digest_input(src: &Path) -> Result<FileDigests, IoError> {
-    let mut input = open_regular(src)?;
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = input.read(&mut buf).map_err(io_err("reading", src))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finish())
+    digest_reader(open_regular(src)?, src)
 }
 
 fn set_mode(f: &File, mode: u32, dest: &Path) -> Result<(), IoError> {

@@ -137,6 +137,47 @@ pub fn in_private_mount_ns(script: &str) -> Output {
     )
 }
 
+/// Runs the calling test (named `name`, a top-level `#[test]` fn) again in a
+/// child process inside `unshare --mount --propagation private` with `env`
+/// set, and returns `false` in the parent (which then just returns). In the
+/// child (where `env` is set) it mounts a private tmpfs on `/run` and
+/// returns `true`: the body runs there. Not being root, or a missing tool
+/// from `tools` (`(command, Debian package)`), is a failure, not a skip.
+pub fn rerun_in_private_ns(name: &str, env: &str, tools: &[(&str, &str)]) -> bool {
+    if std::env::var_os(env).is_some() {
+        run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"]));
+        return true;
+    }
+    require_root();
+    require_tool("unshare", "util-linux");
+    for (tool, pkg) in tools {
+        require_tool(tool, pkg);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(exe)
+        .args([
+            name,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
+        .env(env, "1")
+        .output()
+        .expect("cannot run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("--- {name} in a private mount namespace ---\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} failed in its mount namespace ({}); output above",
+        out.status
+    );
+    false
+}
+
 /// A directory laid out as a host for `systemd-sysext --root=DIR`:
 /// `etc/os-release`, a `usr/` with one host file, and the extension
 /// directories.

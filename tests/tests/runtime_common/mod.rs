@@ -13,6 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[allow(unused_imports)] // re-exported for the test files; not every one uses all
 pub use integration_tests::{require_root, require_tool, run_ok};
 
 const IN_NS: &str = "SYSEXT_RUNTIME_TEST_IN_NS";
@@ -23,39 +24,18 @@ const IN_NS: &str = "SYSEXT_RUNTIME_TEST_IN_NS";
 /// it prepares the namespace (a private tmpfs on `/run`) and returns
 /// `true`: the body runs there. Not being root is a failure.
 pub fn in_private_ns(name: &str) -> bool {
-    if std::env::var_os(IN_NS).is_some() {
-        run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"]));
-        return true;
-    }
-    require_root();
-    for (tool, pkg) in [
-        ("unshare", "util-linux"),
-        ("mksquashfs", "squashfs-tools"),
-        ("veritysetup", "cryptsetup-bin"),
-        ("systemd-sysext", "systemd"),
-        ("sfdisk", "fdisk"),
-        ("openssl", "openssl"),
-        ("losetup", "mount"),
-    ] {
-        require_tool(tool, pkg);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(IN_NS, "1")
-        .output()
-        .expect("cannot run unshare");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("--- {name} in a private mount namespace ---\n{stdout}\n{stderr}");
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} failed in its mount namespace ({}); output above",
-        out.status
-    );
-    false
+    integration_tests::rerun_in_private_ns(
+        name,
+        IN_NS,
+        &[
+            ("mksquashfs", "squashfs-tools"),
+            ("veritysetup", "cryptsetup-bin"),
+            ("systemd-sysext", "systemd"),
+            ("sfdisk", "fdisk"),
+            ("openssl", "openssl"),
+            ("losetup", "mount"),
+        ],
+    )
 }
 
 /// A host tree for `--root`, on its own shared bind mount so that

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub use integration_tests::upstream::Upstream;
+#[allow(unused_imports)] // re-exported for the test files; not every one uses all
 pub use integration_tests::{require_root, require_tool, run_ok};
 use releases::{
     publish_dir, BestBefore, ExtensionName, FeedUrl, ImageToPublish, ManifestSigner, OpenPgpSigner,
@@ -31,43 +32,15 @@ const IN_NS: &str = "SYSEXT_UPDATE_TEST_IN_NS";
 /// mounts a private tmpfs on `/run` and returns `true`: the body runs
 /// there. Not being root is a failure, not a skip.
 pub fn in_private_ns(name: &str) -> bool {
-    if std::env::var_os(IN_NS).is_some() {
-        run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"]));
-        return true;
+    if std::env::var_os(IN_NS).is_none() {
+        // Build the binary here, once, outside the namespace.
+        let _ = sysext();
     }
-    require_root();
-    for (tool, pkg) in [
-        ("unshare", "util-linux"),
-        ("mksquashfs", "squashfs-tools"),
-        ("losetup", "mount"),
-    ] {
-        require_tool(tool, pkg);
-    }
-    // Build the binary here, once, outside the namespace.
-    let _ = sysext();
-    let exe = std::env::current_exe().expect("test executable path");
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([
-            name,
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "--include-ignored",
-        ])
-        .env(IN_NS, "1")
-        .output()
-        .expect("cannot run unshare");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("--- {name} in a private mount namespace ---\n{stdout}\n{stderr}");
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} failed in its mount namespace ({}); output above",
-        out.status
-    );
-    false
+    integration_tests::rerun_in_private_ns(
+        name,
+        IN_NS,
+        &[("mksquashfs", "squashfs-tools"), ("losetup", "mount")],
+    )
 }
 
 /// The `sysext` binary.
