@@ -195,8 +195,11 @@ fn sigkill_anywhere_leaves_a_sound_node_and_the_next_update_completes() {
             .any(|p| phases.get(p).copied().unwrap_or(0) < 3)
     {
         round += 1;
+        // Which step a kill lands in depends on timing: the short steps
+        // (rename, verify) can need more rounds on a loaded machine, so the
+        // cap is generous; the loop ends as soon as coverage is reached.
         assert!(
-            round <= 45,
+            round <= 120,
             "too many rounds: {kills} kills, phases {phases:?}, {missed} missed"
         );
         let v = (round + 1).to_string();
