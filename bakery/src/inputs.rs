@@ -683,10 +683,10 @@ pub fn up_to_date(out_dir: &Path, image_file_name: &str, fp: &Sha256Digest) -> b
     })
 }
 
-/// Replaces `path` with `bytes` (mode 0644) via [`signing::atomic`]:
+/// Replaces `path` with `bytes` (mode 0644) via [`plumbing::atomic`]:
 /// temporary file in the same directory, fsync, rename, directory fsync.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), InputsError> {
-    signing::atomic::write_atomic(path, bytes, 0o644).map_err(io_err(path, "cannot write"))
+    plumbing::atomic::write_atomic(path, bytes, 0o644).map_err(io_err(path, "cannot write"))
 }
 
 // ---------------------------------------------------------------------------

@@ -67,9 +67,9 @@ impl Root {
         if !follow_last {
             flags |= OFlags::NOFOLLOW;
         }
-        // Retries EAGAIN from a racing rename/mount (see `signing::in_root`
+        // Retries EAGAIN from a racing rename/mount (see `plumbing::in_root`
         // and the regression test below).
-        Ok(signing::in_root::openat2_in_root(&self.fd, rel, flags)?)
+        Ok(plumbing::in_root::openat2_in_root(&self.fd, rel, flags)?)
     }
 
     /// Resolves `rel` inside the root to a canonical absolute path
@@ -124,9 +124,9 @@ pub fn is_plain_relative(p: &Path) -> bool {
 /// Writes `data` to `path` atomically with exactly `mode`: temporary file
 /// in the same directory (named `.#NAME.…`, which systemd ignores), fsync,
 /// rename, fsync of the directory (the workspace's one implementation,
-/// [`signing::atomic`]). Nothing half-written appears under `path`.
+/// [`plumbing::atomic`]). Nothing half-written appears under `path`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    signing::atomic::write_atomic_with_prefix(path, data, mode, ".#")
+    plumbing::atomic::write_atomic_with_prefix(path, data, mode, ".#")
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Crash-safe file operations for the feed directory: every file appears
 //! under its final name only complete and on disk (temporary file in the
 //! same directory, fsync, rename, fsync of the directory — done by
-//! [`signing::atomic`], the workspace's one implementation; this module
+//! [`plumbing::atomic`], the workspace's one implementation; this module
 //! adds feed-specific temporary names, modes and error context), and
 //! digests are computed while the bytes stream through.
 
@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256, Sha512};
-use signing::atomic::AtomicFile;
+use plumbing::atomic::AtomicFile;
 use sysupdate::Sha256Digest;
 
 /// Prefix of every temporary file this crate creates in a feed directory;
@@ -154,7 +154,7 @@ fn persist(tmp: AtomicFile, mode: u32, dest: &Path) -> Result<(), IoError> {
 
 /// fsyncs the directory holding `path`, making a rename or unlink durable.
 pub fn sync_parent(path: &Path) -> Result<(), IoError> {
-    signing::atomic::sync_parent(path).map_err(io_err(
+    plumbing::atomic::sync_parent(path).map_err(io_err(
         "syncing directory",
         path.parent().unwrap_or(Path::new(".")),
     ))
@@ -162,7 +162,7 @@ pub fn sync_parent(path: &Path) -> Result<(), IoError> {
 
 /// Atomically replaces `dest` with `bytes`, file mode 0644.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    signing::atomic::write_atomic_with_prefix(dest, bytes, 0o644, TEMP_PREFIX)
+    plumbing::atomic::write_atomic_with_prefix(dest, bytes, 0o644, TEMP_PREFIX)
         .map_err(io_err("writing", dest))
 }
 

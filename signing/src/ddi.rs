@@ -36,7 +36,7 @@ use base64::Engine;
 use sysupdate::{Arch, Sha256Digest};
 use uuid::Uuid;
 
-use crate::atomic::AtomicFile;
+use plumbing::atomic::AtomicFile;
 use crate::gpt::{self, Geometry, GptPartition, ATTR_READ_ONLY, SECTOR};
 use crate::keys::SigningKey;
 use crate::pkcs7::{self, Pkcs7Error, RootHashSignature, TrustedCerts, VerifiedSigner};

@@ -36,7 +36,7 @@ use openssl::x509::{X509NameBuilder, X509Ref, X509};
 use sha2::{Digest, Sha256};
 use sysupdate::Sha256Digest;
 
-use crate::atomic::{commit_all, AtomicFile};
+use plumbing::atomic::{commit_all, AtomicFile};
 
 /// Environment variable holding the signing key (path or PEM text).
 pub const ENV_KEY: &str = "BAKERY_SIGNING_KEY";

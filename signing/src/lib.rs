@@ -17,17 +17,12 @@
 //! - [`seal`]: one call that writes the published files in the chosen
 //!   format (`ddi`, `sidecar`, `bare`) and lists them.
 //!
-//! - [`atomic`]: crash-safe file replacement (temporary file, fsync,
-//!   rename, directory fsync), used by every crate that writes outputs.
-//!
 //! The readers and verifiers ([`ddi::read_ddi`], [`sidecar::read_sidecar`],
 //! [`verity::verify_tree`], [`pkcs7::verify_root_hash`]) are what the node
 //! runtime uses; they depend on nothing from the build side.
 
-pub mod atomic;
 pub mod ddi;
 mod gpt;
-pub mod in_root;
 pub mod keys;
 pub mod openpgp;
 pub mod pkcs7;

@@ -30,7 +30,7 @@ use pgp::packet::{SignatureType, Subpacket, SubpacketData};
 use pgp::ser::Serialize;
 use pgp::types::{KeyDetails, KeyVersion, Password, PublicKeyTrait};
 
-use crate::atomic::{commit_all, AtomicFile};
+use plumbing::atomic::{commit_all, AtomicFile};
 use crate::keys::Secret;
 
 /// File name of the armored secret key written by [`keygen`].

@@ -190,7 +190,7 @@ impl TrustedCerts {
         )
         .map_err(read_err(root.to_path_buf()))?;
         let open_in_root = |rel: &str, flags: OFlags| -> rustix::io::Result<OwnedFd> {
-            crate::in_root::openat2_in_root(
+            plumbing::in_root::openat2_in_root(
                 root_fd.as_fd(),
                 std::path::Path::new(rel),
                 flags | OFlags::CLOEXEC | OFlags::NOCTTY,

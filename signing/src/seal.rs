@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use sysupdate::Arch;
 
-use crate::atomic::AtomicFile;
+use plumbing::atomic::AtomicFile;
 use crate::ddi::{write_ddi, DdiError, DdiOptions};
 use crate::keys::SigningKey;
 use crate::sidecar::{write_sidecar, SidecarError, SidecarPaths};

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::atomic::{commit_all, AtomicFile};
+use plumbing::atomic::{commit_all, AtomicFile};
 use crate::keys::SigningKey;
 use crate::pkcs7::{
     self, Pkcs7Error, RootHashSignature, TrustedCerts, VerifiedSigner, MAX_SIGNATURE_SIZE,

@@ -32,7 +32,7 @@ use std::str::FromStr;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::atomic::AtomicFile;
+use plumbing::atomic::AtomicFile;
 
 /// Size of a sha256 digest, and of one entry in a format-1 hash block.
 pub const DIGEST_SIZE: usize = 32;

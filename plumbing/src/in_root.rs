@@ -1,5 +1,5 @@
 //! Opening paths confined to a directory tree (`--root`) with
-//! `openat2(RESOLVE_IN_ROOT)`, shared by the trust-store reader here and the
+//! `openat2(RESOLVE_IN_ROOT)`, shared by the trust-store reader in `signing` and the
 //! node runtime's discovery.
 
 use std::os::fd::{AsFd, OwnedFd};
