@@ -11,7 +11,7 @@ use signing::ddi::RootHashSource;
 
 use crate::discover::Format;
 use crate::loopdev::Window;
-use crate::runtime::{Opened, Stage};
+use crate::image::{Opened, Stage};
 use crate::verify::{HashLocation, VerityMaterial};
 
 /// Opens a DDI and picks the partitions for the host architecture.

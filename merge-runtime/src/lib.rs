@@ -15,11 +15,17 @@
 //! - [`update`]: `update`, `rollback` and `pending` (A/B updates from a feed);
 //! - [`dmverity`]: kernel dm-verity devices and the kernel keyring;
 //! - [`ddi`]: reading GPT disk images (through `signing::ddi`);
+//! - [`image`]: opening one image (format, data window, verity material);
+//! - [`lock`]: the locks shared by the runtime and the updater;
+//! - [`chain`]: an error and its causes as one line (report reasons);
 //! - [`loopdev`], [`ns`], [`mounts`], [`root`]: the kernel plumbing.
 
+pub mod chain;
 pub mod ddi;
 pub mod discover;
 pub mod dmverity;
+pub mod image;
+pub mod lock;
 pub mod loopdev;
 pub mod mounts;
 pub mod name;

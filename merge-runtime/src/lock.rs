@@ -1,5 +1,7 @@
 //! The locks that serialise everything that changes which extension images
-//! are active, on one OS tree (`--root`):
+//! are active, on one OS tree (`--root`); this module is their only owner
+//! (the runtime and the updater both take them from here, neither from the
+//! other):
 //!
 //! - `ROOT/run/sysext/lock`: held by `merge`, `refresh` and `unmerge` for
 //!   their whole run, and by `update`/`rollback` from the symlink flip to
@@ -8,16 +10,19 @@
 //! - `ROOT/run/sysext/update.lock`: held by `update` and `rollback` for
 //!   their whole run, so two updates serialise without blocking a refresh
 //!   while a large image is downloading.
+//! - `RUN_DIR/lock` ([`acquire_run_dir`]): the staging workspace lock of
+//!   merge, refresh and unmerge.
 //!
-//! Both are `flock(2)` locks, released by the kernel when the process dies
+//! All are `flock(2)` locks, released by the kernel when the process dies
 //! (even by SIGKILL). The update lock is always taken before the main
 //! lock, so there is no lock-order inversion.
 //!
-//! The locks are re-entrant per thread: `update` holds the main lock and
-//! then calls the runtime's `refresh`, which takes it again; that nested
-//! acquisition is a no-op instead of a self-deadlock (`flock` locks belong
-//! to open file descriptions, so a second `open` + `flock` in the same
-//! process would block forever).
+//! A caller that already holds the main lock passes its [`Lock`] down
+//! (`runtime::refresh_locked`) instead of taking it again. The locks are
+//! also re-entrant per thread, as a safety net: a nested acquisition by the
+//! thread that holds the lock is a no-op instead of a self-deadlock
+//! (`flock` locks belong to open file descriptions, so a second `open` +
+//! `flock` in the same process would block forever).
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -35,6 +40,37 @@ pub const LOCK_DIR: &str = "run/sysext";
 pub const LOCK_FILE: &str = "lock";
 /// The update lock (a whole `update` or `rollback`).
 pub const UPDATE_LOCK_FILE: &str = "update.lock";
+
+/// A lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot open root {path}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the lock directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the lock file {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a regular file; remove it")]
+    NotRegular { path: PathBuf },
+    #[error("cannot lock {path}")]
+    Flock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
 
 thread_local! {
     /// (st_dev, st_ino) of the lock files this thread holds.
@@ -68,36 +104,56 @@ impl Drop for Lock {
 
 /// Takes the main lock of the tree at `root` (merge, refresh, unmerge and
 /// the activation step of an update), waiting as long as needed.
-pub fn acquire(root: &Path) -> io::Result<Lock> {
+pub fn acquire(root: &Path) -> Result<Lock, LockError> {
     acquire_named(root, LOCK_FILE, &mut |_| {})
 }
 
 /// Takes the update lock of the tree at `root`.
-pub fn acquire_update(root: &Path, waiting: &mut dyn FnMut(&Path)) -> io::Result<Lock> {
+pub fn acquire_update(root: &Path, waiting: &mut dyn FnMut(&Path)) -> Result<Lock, LockError> {
     acquire_named(root, UPDATE_LOCK_FILE, waiting)
 }
 
 /// Takes the main lock, calling `waiting` once if another process holds it.
-pub fn acquire_main(root: &Path, waiting: &mut dyn FnMut(&Path)) -> io::Result<Lock> {
+pub fn acquire_main(root: &Path, waiting: &mut dyn FnMut(&Path)) -> Result<Lock, LockError> {
     acquire_named(root, LOCK_FILE, waiting)
 }
 
-fn acquire_named(root_dir: &Path, name: &str, waiting: &mut dyn FnMut(&Path)) -> io::Result<Lock> {
-    let root = Root::open(root_dir).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("opening root {}: {e}", root_dir.display()),
-        )
+/// Takes the lock of the staging workspaces in `run_dir` (created 0700).
+pub fn acquire_run_dir(run_dir: &Path) -> Result<Lock, LockError> {
+    root::mkdir_p(run_dir, 0o700).map_err(|source| LockError::Dir {
+        path: run_dir.to_path_buf(),
+        source,
     })?;
-    let dir = root.resolve_nonexistent(LOCK_DIR).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("resolving {}: {e}", root.join(LOCK_DIR).display()),
-        )
+    lock_file(run_dir.join("lock"), &mut |_| {})
+}
+
+fn acquire_named(
+    root_dir: &Path,
+    name: &str,
+    waiting: &mut dyn FnMut(&Path),
+) -> Result<Lock, LockError> {
+    let root = Root::open(root_dir).map_err(|source| LockError::Root {
+        path: root_dir.to_path_buf(),
+        source,
     })?;
-    root::mkdir_p(&dir, 0o755)
-        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
-    let path = dir.join(name);
+    let dir = root
+        .resolve_nonexistent(LOCK_DIR)
+        .map_err(|source| LockError::Dir {
+            path: root.join(LOCK_DIR),
+            source,
+        })?;
+    root::mkdir_p(&dir, 0o755).map_err(|source| LockError::Dir {
+        path: dir.clone(),
+        source,
+    })?;
+    lock_file(dir.join(name), waiting)
+}
+
+fn lock_file(path: PathBuf, waiting: &mut dyn FnMut(&Path)) -> Result<Lock, LockError> {
+    let open_err = |source| LockError::Open {
+        path: path.clone(),
+        source,
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -106,13 +162,10 @@ fn acquire_named(root_dir: &Path, name: &str, waiting: &mut dyn FnMut(&Path)) ->
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
-    let md = file.metadata()?;
+        .map_err(open_err)?;
+    let md = file.metadata().map_err(open_err)?;
     if !md.is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file; remove it",
-            path.display()
-        )));
+        return Err(LockError::NotRegular { path });
     }
     let key = (md.dev(), md.ino());
     if HELD.with(|h| h.borrow().contains(&key)) {
@@ -122,14 +175,17 @@ fn acquire_named(root_dir: &Path, name: &str, waiting: &mut dyn FnMut(&Path)) ->
             path,
         });
     }
+    let flock_err = |e: rustix::io::Errno| LockError::Flock {
+        path: path.clone(),
+        source: e.into(),
+    };
     match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
             waiting(&path);
-            rustix::fs::flock(&file, FlockOperation::LockExclusive)
-                .map_err(|e| io::Error::other(format!("locking {}: {e}", path.display())))?;
+            rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(flock_err)?;
         }
-        Err(e) => return Err(io::Error::other(format!("locking {}: {e}", path.display()))),
+        Err(e) => return Err(flock_err(e)),
     }
     HELD.with(|h| h.borrow_mut().push(key));
     Ok(Lock {

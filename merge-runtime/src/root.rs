@@ -107,6 +107,11 @@ pub fn dir_is_empty(path: &Path) -> io::Result<bool> {
     Ok(std::fs::read_dir(path)?.next().is_none())
 }
 
+/// fsyncs a directory (after a rename or unlink in it).
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Creates a directory and its parents with `mode` for the new ones.
 pub fn mkdir_p(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -376,7 +376,7 @@ pub fn verify_image(
         .map_err(|e| ImageCheckError::Setup(e.to_string()))?;
     let refused = |e: String| ImageCheckError::Refused(e);
     let opened =
-        runtime::open_image(image, sidecars, false).map_err(|(_, reason)| refused(reason))?;
+        runtime::open_image(image, sidecars, false).map_err(|e| refused(crate::chain::text(&e)))?;
     let what = image.display().to_string();
     let decision = verify::decide(policy.policy, opened.material.as_ref(), &what, || {
         signing::pkcs7::TrustedCerts::from_verity_d(root.path())
