@@ -26,12 +26,9 @@ pub use error::RuntimeError;
 pub use options::{Options, RUN_DIR};
 pub use plan::Refusal;
 pub use query::{
-    list, status, verify_image, HierarchyStatus, ListEntry, ListReport, StatusReport,
-    VerifyReport,
+    list, status, verify_image, HierarchyStatus, ListEntry, ListReport, StatusReport, VerifyReport,
 };
-pub use report::{
-    Action, HierarchyReport, ImageReport, MergeReport, Outcome, Swap, UnmergeReport,
-};
+pub use report::{Action, HierarchyReport, ImageReport, MergeReport, Outcome, Swap, UnmergeReport};
 pub use state::MergeState;
 pub use swap::kernel_has_move_mount_beneath;
 

@@ -171,7 +171,12 @@ pub enum Start<'a> {
 /// Decides how a command starts from the current state of the
 /// hierarchies, the fingerprint of what decides the result, and whether
 /// any image was found.
-pub fn start<'a>(mode: Mode, current: &'a [Current], fingerprint: &str, any_image: bool) -> Start<'a> {
+pub fn start<'a>(
+    mode: Mode,
+    current: &'a [Current],
+    fingerprint: &str,
+    any_image: bool,
+) -> Start<'a> {
     if mode == Mode::Merge {
         return match current.iter().find(|c| c.merged) {
             Some(c) => Start::AlreadyMerged(&c.hierarchy),
@@ -180,9 +185,11 @@ pub fn start<'a>(mode: Mode, current: &'a [Current], fingerprint: &str, any_imag
     }
     let merged: Vec<&Current> = current.iter().filter(|c| c.merged).collect();
     if !merged.is_empty()
-        && merged
-            .iter()
-            .all(|c| c.state.as_ref().is_some_and(|s| s.fingerprint == fingerprint))
+        && merged.iter().all(|c| {
+            c.state
+                .as_ref()
+                .is_some_and(|s| s.fingerprint == fingerprint)
+        })
     {
         return Start::Unchanged(merged.first().and_then(|c| c.state.as_ref()));
     }
@@ -227,7 +234,11 @@ mod tests {
         match r {
             Err(e) => {
                 assert_eq!(e.stage(), stage, "{e}");
-                assert!(e.reason().contains(words), "{:?} lacks {words:?}", e.reason());
+                assert!(
+                    e.reason().contains(words),
+                    "{:?} lacks {words:?}",
+                    e.reason()
+                );
             }
             Ok(_) => panic!("accepted; expected a refusal at {stage:?}"),
         }
@@ -244,9 +255,17 @@ mod tests {
     #[test]
     fn refused_for_os_version_level_arch_scope() {
         let h = host("debian", Some("12"), Some("1.2"));
-        refused_at(check("ID=fedora\nVERSION_ID=12\n", &h), Stage::Compatibility, "fedora");
+        refused_at(
+            check("ID=fedora\nVERSION_ID=12\n", &h),
+            Stage::Compatibility,
+            "fedora",
+        );
         let hv = host("debian", Some("12"), None);
-        refused_at(check("ID=debian\nVERSION_ID=11\n", &hv), Stage::Compatibility, "11");
+        refused_at(
+            check("ID=debian\nVERSION_ID=11\n", &hv),
+            Stage::Compatibility,
+            "11",
+        );
         refused_at(
             check("ID=debian\nSYSEXT_LEVEL=1.3\n", &h),
             Stage::Compatibility,
@@ -333,7 +352,9 @@ mod tests {
         let d: Discovery = discover(&Root::open(r).unwrap()).unwrap();
         let plan = Plan::new(d.images.iter().map(|i| (i.name.clone(), Ok(&i.path))));
         assert_eq!(plan.names(), ["dup"]);
-        assert!(plan.merge[0].1.starts_with(std::fs::canonicalize(r).unwrap().join("etc")));
+        assert!(plan.merge[0]
+            .1
+            .starts_with(std::fs::canonicalize(r).unwrap().join("etc")));
         assert_eq!(d.masked.len(), 1);
         assert_eq!(d.masked[0].name.as_str(), "hidden");
     }
@@ -358,7 +379,10 @@ mod tests {
         let none = [cur("/usr", false, None), cur("/opt", false, None)];
         let some = [cur("/usr", true, Some("f")), cur("/opt", false, None)];
         let foreign = [cur("/usr", true, None)];
-        assert!(matches!(start(Mode::Merge, &none, "f", true), Start::Proceed));
+        assert!(matches!(
+            start(Mode::Merge, &none, "f", true),
+            Start::Proceed
+        ));
         assert!(matches!(
             start(Mode::Merge, &some, "f", true),
             Start::AlreadyMerged("/usr")
@@ -367,13 +391,22 @@ mod tests {
             start(Mode::Refresh, &some, "f", true),
             Start::Unchanged(Some(_))
         ));
-        assert!(matches!(start(Mode::Refresh, &some, "g", true), Start::Proceed));
+        assert!(matches!(
+            start(Mode::Refresh, &some, "g", true),
+            Start::Proceed
+        ));
         // Merged by systemd-sysext (no state): always re-merged.
-        assert!(matches!(start(Mode::Refresh, &foreign, "f", true), Start::Proceed));
+        assert!(matches!(
+            start(Mode::Refresh, &foreign, "f", true),
+            Start::Proceed
+        ));
         assert!(matches!(
             start(Mode::Refresh, &none, "f", false),
             Start::NothingToMerge
         ));
-        assert!(matches!(start(Mode::Refresh, &none, "f", true), Start::Proceed));
+        assert!(matches!(
+            start(Mode::Refresh, &none, "f", true),
+            Start::Proceed
+        ));
     }
 }

@@ -94,7 +94,6 @@ pub struct UnmergeReport {
     pub reloaded_manager: bool,
 }
 
-
 impl ImageReport {
     /// A report for `img` before any check (merged until refused).
     pub fn new(img: &Image) -> ImageReport {

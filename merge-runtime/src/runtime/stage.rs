@@ -104,10 +104,8 @@ fn mount_directory(
     let certs = || signing::pkcs7::TrustedCerts::from_verity_d(cx.root.path());
     let what = format!("directory image {}", img.path.display());
     plan::admit_policy(cx.policy, None, &what, certs)?;
-    rustix::mount::mount_bind(&img.target, dir).map_err(mount_err(format!(
-        "bind-mounting {}",
-        img.target.display()
-    )))?;
+    rustix::mount::mount_bind(&img.target, dir)
+        .map_err(mount_err(format!("bind-mounting {}", img.target.display())))?;
     rustix::mount::mount_remount(dir, MountFlags::BIND | MountFlags::RDONLY, "").map_err(|e| {
         let _ = unmount(dir, UnmountFlags::DETACH);
         mount_err(format!("making {} read-only", dir.display()))(e)

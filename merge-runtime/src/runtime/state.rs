@@ -151,7 +151,6 @@ pub fn fingerprint(
     hex::encode(h.finalize())
 }
 
-
 /// Writes `state` into each merged tree's metadata layer `metas` and
 /// stamps their mtime (the merged tree's mtime marks when the merge was
 /// made).

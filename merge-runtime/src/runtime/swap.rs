@@ -186,4 +186,3 @@ pub fn attach(built: &Built, target: &Path) -> Result<Swap, RuntimeError> {
         ))(e)),
     }
 }
-

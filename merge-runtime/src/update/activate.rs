@@ -266,9 +266,11 @@ fn activate(
         if let Some(l) = &targets[s.target_idx].link {
             let io = io_ctx(format!("reading {}", l.path));
             let old = l.read().map_err(io)?;
-            let new = l
-                .text_for(&s.final_path)
-                .map_err(io_ctx(format!("linking {} to {}", l.path, s.final_path.display())))?;
+            let new = l.text_for(&s.final_path).map_err(io_ctx(format!(
+                "linking {} to {}",
+                l.path,
+                s.final_path.display()
+            )))?;
             links.push(LinkChange {
                 link: l.path.clone(),
                 old,

@@ -10,7 +10,9 @@ use sysupdate::{Date, Version};
 
 use super::activate::install_and_activate;
 use super::choose::{choose, Inputs};
-use super::context::{current_version, load_targets, open_ctx, require_root, select_components, Ctx};
+use super::context::{
+    current_version, load_targets, open_ctx, require_root, select_components, Ctx,
+};
 use super::error::{ComponentError, UpdateError};
 use super::feed::{self, FetchedManifest};
 use super::options::UpdateOptions;

@@ -155,4 +155,3 @@ pub(crate) fn current_version(ctx: &Ctx, targets: &[Target]) -> Option<Version> 
             .map(|i| i.version),
     }
 }
-

@@ -85,9 +85,7 @@ pub use component::{pending, update};
 pub use error::{ComponentError, RollbackCause, UpdateError};
 pub use options::UpdateOptions;
 pub use recover::rollback;
-pub use report::{
-    ComponentReport, Event, ManifestInfo, Outcome, SkippedVersion, UpdateReport,
-};
+pub use report::{ComponentReport, Event, ManifestInfo, Outcome, SkippedVersion, UpdateReport};
 
 /// The updater's error type under its former name.
 pub type Error = UpdateError;

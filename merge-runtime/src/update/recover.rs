@@ -141,10 +141,12 @@ fn current_activation(
         let Some(link) = &t.link else {
             continue;
         };
-        let cur = t.current(&ctx.root).ok_or_else(|| ComponentError::NoCurrent {
-            link: link.path.clone(),
-            dir: t.transfer.target_path.to_string(),
-        })?;
+        let cur = t
+            .current(&ctx.root)
+            .ok_or_else(|| ComponentError::NoCurrent {
+                link: link.path.clone(),
+                dir: t.transfer.target_path.to_string(),
+            })?;
         let prev =
             previous_instance(ctx, &cstate, t, &cur).ok_or_else(|| ComponentError::NoEarlier {
                 component: name.to_string(),

@@ -228,4 +228,3 @@ impl UpdateReport {
         self.components.iter().all(|c| !c.outcome.is_failure())
     }
 }
-
