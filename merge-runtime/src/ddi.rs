@@ -10,8 +10,8 @@ use std::path::Path;
 use signing::ddi::RootHashSource;
 
 use crate::discover::Format;
-use crate::image::{Opened, Stage};
 use crate::loopdev::Window;
+use crate::opened::{Opened, Stage};
 use crate::verify::{HashLocation, VerityMaterial};
 
 /// Opens a DDI and picks the partitions for the host architecture.

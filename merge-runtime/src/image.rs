@@ -1,42 +1,17 @@
 //! Opening one image file or block device for checking and mounting: its
 //! format by magic number, the data window, and its verity material
-//! (sidecars, or the partitions of a DDI through [`crate::ddi`]); and
-//! [`Stage`], the step at which an image is refused. Below both the
-//! runtime and `ddi`, so neither imports the other.
+//! (sidecars, or the partitions of a DDI through [`crate::ddi`]). Below
+//! the runtime and the updater; what `ddi` shares with it is in
+//! [`crate::opened`], below both.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::discover::{Format, Sidecars};
 use crate::loopdev::Window;
-use crate::verify::{self, VerifyError, VerityMaterial};
-
-/// At which step an image was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage {
-    Format,
-    Policy,
-    Signature,
-    Verity,
-    Mount,
-    Release,
-    Compatibility,
-}
-
-/// The verity material and data window of a raw image or block device.
-pub struct Opened {
-    pub file: File,
-    pub size: u64,
-    pub format: Format,
-    /// Filesystem format of the data (differs from `format` for a DDI).
-    pub fs_format: Format,
-    pub data: Window,
-    pub material: Option<VerityMaterial>,
-}
+pub use crate::opened::{Opened, Stage};
+use crate::verify::{self, VerifyError};
 
 /// An image could not be opened as one.
 #[derive(Debug, thiserror::Error)]

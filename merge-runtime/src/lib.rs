@@ -15,7 +15,8 @@
 //! - [`update`]: `update`, `rollback` and `pending` (A/B updates from a feed);
 //! - [`dmverity`]: kernel dm-verity devices and the kernel keyring;
 //! - [`ddi`]: reading GPT disk images (through `signing::ddi`);
-//! - [`image`]: opening one image (format, data window, verity material);
+//! - [`image`] and [`opened`]: opening one image (format, data window,
+//!   verity material) and what that yields;
 //! - [`lock`]: the locks shared by the runtime and the updater;
 //! - [`chain`]: an error and its causes as one line (report reasons);
 //! - [`loopdev`], [`ns`], [`mounts`], [`root`]: the kernel plumbing.
@@ -30,6 +31,7 @@ pub mod loopdev;
 pub mod mounts;
 pub mod name;
 pub mod ns;
+pub mod opened;
 pub mod osrelease;
 pub mod release;
 pub mod root;
