@@ -363,11 +363,14 @@ pub(crate) fn finish_activation(
             // Not the image's fault as far as we know: put the old links
             // back without recording the version as failed.
             set_links(ctx, name, targets, act, false)?;
-            let again = refresh(ctx, name, held).err();
+            let again = refresh(ctx, name, held).err().map(Box::new);
             let mut c = ctx.state.component(name);
             c.activating = None;
             ctx.state.put(name, c)?;
-            return Err(ComponentError::Refresh { source, again });
+            return Err(ComponentError::Refresh {
+                source: Box::new(source),
+                again,
+            });
         }
     };
     if let Some(cause) = not_merged(&report, targets, act) {

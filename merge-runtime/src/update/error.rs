@@ -100,15 +100,15 @@ pub enum ComponentError {
     State(#[from] StateError),
     /// The refresh after the link flip failed as a whole: the links were
     /// put back (`again`: refreshing that failed too).
-    #[error("refresh failed; the previous image is current again{}", again.as_ref().map(|a| format!(" (and refreshing it failed too: {})", crate::chain::text(a))).unwrap_or_default())]
+    #[error("refresh failed; the previous image is current again{}", again.as_ref().map(|a| format!(" (and refreshing it failed too: {})", crate::chain::text(a.as_ref()))).unwrap_or_default())]
     Refresh {
         #[source]
-        source: RuntimeError,
-        again: Option<RuntimeError>,
+        source: Box<RuntimeError>,
+        again: Option<Box<RuntimeError>>,
     },
     /// Refreshing after restoring the previous image failed.
     #[error("after restoring the previous image: refresh failed")]
-    RestoreRefresh(#[source] RuntimeError),
+    RestoreRefresh(#[source] Box<RuntimeError>),
     #[error("version {version} was rolled back: {cause}; it is recorded as failed and will not be installed again automatically")]
     RolledBack {
         version: Version,

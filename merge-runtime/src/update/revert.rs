@@ -141,7 +141,7 @@ pub(crate) fn finish_rollback(
     }
     ctx.state.put(name, c)?;
     match r {
-        Some(e) => Err(ComponentError::RestoreRefresh(e)),
+        Some(e) => Err(ComponentError::RestoreRefresh(Box::new(e))),
         None => Ok(()),
     }
 }
