@@ -178,18 +178,9 @@ impl Captures {
     }
 }
 
-/// Whether `s` is a version systemd-sysupdate accepts in `@v`: non-empty,
-/// `[A-Za-z0-9.,_+-]`, a valid file name (not `.`/`..`, at most 255 bytes).
-/// Note `~` and `^` are *not* accepted there, although UAPI ordering knows
-/// them.
-pub fn is_sysupdate_version(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b',' | b'_' | b'-' | b'+'))
-}
+/// Re-exported from [`crate::version`], which owns the version charset;
+/// kept here because the rule is about `@v` captures.
+pub use crate::version::is_sysupdate_version;
 
 fn valid_pattern_char(c: char) -> bool {
     (' '..'\x7f').contains(&c) && !matches!(c, '$' | '*' | '?' | '[' | ']' | '!' | '\\' | '|')

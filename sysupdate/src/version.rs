@@ -178,7 +178,7 @@ impl Version {
     /// Whether systemd-sysupdate accepts this version in an `@v` capture
     /// (no `~` or `^`, which UAPI ordering knows but sysupdate refuses).
     pub fn is_sysupdate_compatible(&self) -> bool {
-        crate::pattern::is_sysupdate_version(&self.0)
+        is_sysupdate_version(&self.0)
     }
 
     /// UAPI comparison only, without the byte tie-break of `Ord`.
@@ -234,6 +234,19 @@ impl AsRef<str> for Version {
     fn as_ref(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `s` is a version systemd-sysupdate accepts in `@v`: non-empty,
+/// `[A-Za-z0-9.,_+-]`, a valid file name (not `.`/`..`, at most 255 bytes).
+/// Note `~` and `^` are *not* accepted there, although UAPI ordering knows
+/// them.
+pub fn is_sysupdate_version(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b',' | b'_' | b'-' | b'+'))
 }
 
 #[cfg(test)]
