@@ -30,22 +30,27 @@ def rust_files():
             if f.endswith(".rs"):
                 yield os.path.join(dirpath, f)
 
+def item_end(lines, j):
+    """Index of the line that closes the item starting at `j`, and whether
+    it has a `{ ... }` body (brace-matched; `;` ends a bodiless item)."""
+    depth, opened = 0, False
+    while j < len(lines):
+        depth += lines[j].count("{") - lines[j].count("}")
+        if "{" in lines[j]:
+            opened = True
+        if opened and depth <= 0:
+            break
+        if not opened and lines[j].rstrip().endswith(";"):
+            break
+        j += 1
+    return j, opened
+
 def strip_tests(lines):
     """Drop `#[cfg(test)]` items (brace-matched)."""
     out, i = [], 0
     while i < len(lines):
         if lines[i].strip() == "#[cfg(test)]":
-            depth, j, opened = 0, i + 1, False
-            while j < len(lines):
-                depth += lines[j].count("{") - lines[j].count("}")
-                if "{" in lines[j]:
-                    opened = True
-                if opened and depth <= 0:
-                    break
-                if not opened and lines[j].rstrip().endswith(";"):
-                    break
-                j += 1
-            i = j + 1
+            i = item_end(lines, i + 1)[0] + 1
             continue
         out.append(lines[i])
         i += 1
@@ -71,16 +76,7 @@ for path in sorted(rust_files()):
     while i < len(lines):
         m = fn_re.match(lines[i])
         if m:
-            depth, j, opened = 0, i, False
-            while j < len(lines):
-                depth += lines[j].count("{") - lines[j].count("}")
-                if "{" in lines[j]:
-                    opened = True
-                if opened and depth <= 0:
-                    break
-                if not opened and lines[j].rstrip().endswith(";"):
-                    break
-                j += 1
+            j, opened = item_end(lines, i)
             length = j - i + 1
             if opened and length > longest[0]:
                 longest = (length, f"{rel}:{i+1} {m.group(7)}")

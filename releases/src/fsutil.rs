@@ -9,8 +9,8 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256, Sha512};
 use plumbing::atomic::AtomicFile;
+use sha2::{Digest, Sha256, Sha512};
 use sysupdate::Sha256Digest;
 
 /// Prefix of every temporary file this crate creates in a feed directory;

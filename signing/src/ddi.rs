@@ -36,7 +36,6 @@ use base64::Engine;
 use sysupdate::{Arch, Sha256Digest};
 use uuid::Uuid;
 
-use plumbing::atomic::AtomicFile;
 use crate::gpt::{self, Geometry, GptPartition, ATTR_READ_ONLY, SECTOR};
 use crate::keys::SigningKey;
 use crate::pkcs7::{self, Pkcs7Error, RootHashSignature, TrustedCerts, VerifiedSigner};
@@ -44,6 +43,7 @@ use crate::verity::{
     self, build_tree, hash_device_size, hmac_sha256, make_v4_uuid, ByteRange, ReadAt, RootHash,
     VerityError, VerityParams,
 };
+use plumbing::atomic::AtomicFile;
 
 /// Alignment of every partition, in bytes.
 pub const ALIGNMENT: u64 = 4096;

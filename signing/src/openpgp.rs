@@ -30,8 +30,8 @@ use pgp::packet::{SignatureType, Subpacket, SubpacketData};
 use pgp::ser::Serialize;
 use pgp::types::{KeyDetails, KeyVersion, Password, PublicKeyTrait};
 
-use plumbing::atomic::{commit_all, AtomicFile};
 use crate::keys::Secret;
+use plumbing::atomic::{commit_all, AtomicFile};
 
 /// File name of the armored secret key written by [`keygen`].
 pub const SECRET_KEY_FILE_NAME: &str = "openpgp.key";

@@ -20,11 +20,11 @@ use std::str::FromStr;
 
 use sysupdate::Arch;
 
-use plumbing::atomic::AtomicFile;
 use crate::ddi::{write_ddi, DdiError, DdiOptions};
 use crate::keys::SigningKey;
 use crate::sidecar::{write_sidecar, SidecarError, SidecarPaths};
 use crate::verity::RootHash;
+use plumbing::atomic::AtomicFile;
 
 /// How a filesystem image is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

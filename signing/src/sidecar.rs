@@ -13,12 +13,12 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use plumbing::atomic::{commit_all, AtomicFile};
 use crate::keys::SigningKey;
 use crate::pkcs7::{
     self, Pkcs7Error, RootHashSignature, TrustedCerts, VerifiedSigner, MAX_SIGNATURE_SIZE,
 };
 use crate::verity::{self, build_tree, ByteRange, ReadAt, RootHash, VerityError, VerityParams};
+use plumbing::atomic::{commit_all, AtomicFile};
 
 /// Errors from writing or reading sidecar files.
 #[derive(Debug, thiserror::Error)]

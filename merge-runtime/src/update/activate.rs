@@ -22,7 +22,7 @@ use super::health;
 use super::report::{ComponentReport, Event, Outcome};
 use super::revert::{finalize, refresh, roll_back, set_links};
 use super::state::{Activation, LinkChange};
-use super::target::{self, Target};
+use super::target::{self, find_link, Target};
 
 /// A file of the new version, ready to be put in place.
 struct Staged {
@@ -408,11 +408,7 @@ pub(crate) fn finish_activation(
 /// admin did not mask) missing from the merged images.
 fn not_merged(report: &MergeReport, targets: &[Target], act: &Activation) -> Option<RollbackCause> {
     for ch in &act.links {
-        let Some(link) = targets
-            .iter()
-            .filter_map(|t| t.link.as_ref())
-            .find(|l| l.path == ch.link)
-        else {
+        let Some(link) = find_link(targets, &ch.link) else {
             continue;
         };
         let ext = link.extension_name();

@@ -15,7 +15,7 @@ use super::options::UpdateOptions;
 use super::report::{ComponentReport, Event, Outcome};
 use super::revert::finish_rollback;
 use super::state::{Activation, ComponentState, LinkChange, StateFile};
-use super::target::{Instance, Target};
+use super::target::{find_link, Instance, Target};
 
 /// Finishes an activation that a killed run left in the journal; returns
 /// what was done. `held` is the main lock.
@@ -30,10 +30,7 @@ pub(crate) fn recover(
     let failed_before = ctx.state.component(name).is_failed(&act.version);
     let mut now = Vec::new();
     for ch in &act.links {
-        let link = targets
-            .iter()
-            .filter_map(|t| t.link.as_ref())
-            .find(|l| l.path == ch.link);
+        let link = find_link(targets, &ch.link);
         now.push(match link {
             Some(l) => l.read().map_err(|source| ComponentError::Io {
                 context: format!("reading {}", ch.link),

@@ -12,7 +12,7 @@ use super::context::{now_usec, Ctx};
 use super::error::{ComponentError, RollbackCause};
 use super::report::Event;
 use super::state::{Activation, StateError};
-use super::target::Target;
+use super::target::{find_link, Target};
 
 /// Points every link of `act` at its new (`forward`) or old target.
 pub(crate) fn set_links(
@@ -23,11 +23,7 @@ pub(crate) fn set_links(
     forward: bool,
 ) -> Result<(), ComponentError> {
     for ch in &act.links {
-        let Some(link) = targets
-            .iter()
-            .filter_map(|t| t.link.as_ref())
-            .find(|l| l.path == ch.link)
-        else {
+        let Some(link) = find_link(targets, &ch.link) else {
             continue;
         };
         let text = if forward {

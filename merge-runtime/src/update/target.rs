@@ -230,6 +230,14 @@ impl Target {
     }
 }
 
+/// The `CurrentSymlink=` among `targets` configured as `path`.
+pub fn find_link<'a>(targets: &'a [Target], path: &str) -> Option<&'a Link> {
+    targets
+        .iter()
+        .filter_map(|t| t.link.as_ref())
+        .find(|l| l.path == path)
+}
+
 impl Link {
     /// The link's text; `None` when it does not exist. An existing entry
     /// that is not a symlink is an error (we never replace real files).
